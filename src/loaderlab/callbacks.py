@@ -1,0 +1,42 @@
+"""Keras callbacks: throughput figures and per-epoch MLflow logging."""
+
+from __future__ import annotations
+
+import keras
+from mlflow.keras.callback import MlflowCallback
+
+from loaderlab.monitor import ThroughputTracker
+
+
+class ThroughputCallback(keras.callbacks.Callback):
+    """Times training steps; adds epoch_time_s and epoch_images_per_sec to the epoch logs."""
+
+    def __init__(self, tracker: ThroughputTracker, batch_size: int):
+        super().__init__()
+        self.tracker, self.batch_size = tracker, batch_size
+
+    def on_train_begin(self, logs=None):
+        if self.tracker.fit_started_at is None:
+            self.tracker.fit_start()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.tracker.epoch_begin()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.tracker.step_end(self.batch_size)
+
+    def on_epoch_end(self, epoch, logs=None):
+        timing = self.tracker.epoch_end()
+        if logs is not None:  # the same dict reaches the callbacks after this one
+            logs["epoch_time_s"] = timing.epoch_time_s
+            logs["epoch_images_per_sec"] = timing.train_images / timing.train_time_s
+
+
+class EpochMetricsToMlflow(MlflowCallback):
+    """MLflow's Keras callback, logging each epoch's logs with step = epoch."""
+
+    def on_train_begin(self, logs=None):
+        pass  # the resolved config is logged as params already
+
+    def on_test_end(self, logs=None):
+        pass  # val_* arrive in the epoch logs; no extra validation_* copies

@@ -1,0 +1,65 @@
+"""`root/<class_name>/*.jpg` datasets, the layout of keras.utils.image_dataset_from_directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from loaderlab.data.manifest import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    Manifest,
+    make_split,
+    stratified_split,
+)
+
+
+def scan_class_folders(
+    root: str | Path, class_names: tuple[str, ...] | None = None
+) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """List image files under root/<class>/ (recursively, following symlinks)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(
+            f"Dataset folder '{root}' does not exist. Set data.root to a folder laid out as "
+            "<root>/<class_name>/<image>.jpg."
+        )
+    found = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not found:
+        raise DatasetError(
+            f"Dataset folder '{root}' has no class sub-folders. Expected <root>/<class_name>/<image>.jpg."
+        )
+    if class_names is not None and found != class_names:
+        raise DatasetError(
+            f"Class folders of '{root}' are {list(found)}, but the training set has {list(class_names)}. "
+            "The validation folder must have the same class folders."
+        )
+    paths, labels = [], []
+    for label, name in enumerate(found):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            files += [
+                os.path.join(dirpath, f)
+                for f in sorted(filenames)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+            ]
+        if not files:
+            raise DatasetError(
+                f"Class folder '{root / name}' has no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                "Add images or remove the folder."
+            )
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels, found
+
+
+def folder_manifest(
+    root: str, val_root: str | None = None, val_fraction: float = 0.2, split_seed: int = 0
+) -> Manifest:
+    """Read a class-folder dataset, split by seed or by a separate validation folder."""
+    paths, labels, class_names = scan_class_folders(root)
+    if val_root is None:
+        return stratified_split(paths, labels, class_names, val_fraction, split_seed)
+    val_paths, val_labels, _ = scan_class_folders(val_root, class_names)
+    return Manifest(make_split(paths, labels), make_split(val_paths, val_labels), class_names)

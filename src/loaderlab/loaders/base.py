@@ -1,0 +1,53 @@
+"""What every loader implements, and the Feed it hands to model.fit."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from loaderlab.data.manifest import Split
+from loaderlab.loaders.decode import ImageDecoder
+
+
+@dataclass
+class Feed:
+    """One split in the form model.fit takes it."""
+
+    x: Any
+    y: np.ndarray | None = None
+    batch_size: int | None = None  # set when x is an array that fit batches itself
+    steps: int | None = None  # set when x is an endless stream
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Arguments for model.fit's training data."""
+        if self.y is not None:
+            return {"x": self.x, "y": self.y, "batch_size": self.batch_size, "shuffle": True}
+        return {"x": self.x, "steps_per_epoch": self.steps, "shuffle": False}  # it shuffles itself
+
+    def validation_kwargs(self) -> dict[str, Any]:
+        """Arguments for model.fit's validation data."""
+        if self.y is not None:
+            return {"validation_data": (self.x, self.y), "validation_batch_size": self.batch_size}
+        return {"validation_data": self.x, "validation_steps": self.steps}
+
+
+class Loader(ABC):
+    """A strategy that turns a Split into batches of uint8 images and int labels."""
+
+    name: ClassVar[str]
+    streaming: ClassVar[bool] = True  # False: holds every decoded image in memory
+
+    @abstractmethod
+    def feed(
+        self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
+    ) -> Feed:
+        """Build the feed; training=True shuffles every epoch, False keeps manifest order."""
+
+
+def num_batches(num_items: int, batch_size: int) -> int:
+    """Batches per pass, the last one partial."""
+    return math.ceil(num_items / batch_size)

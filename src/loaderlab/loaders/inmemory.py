@@ -1,0 +1,69 @@
+"""The baseline: decode every image into one array up front, as most first versions do."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import psutil
+
+from loaderlab.data.manifest import Split
+from loaderlab.loaders.base import Feed, Loader
+from loaderlab.loaders.decode import ImageDecoder
+
+MB = 1024 * 1024
+
+
+class InsufficientMemoryError(MemoryError):
+    """The in-memory array would not fit; the message gives both figures."""
+
+
+class InMemoryLoader(Loader):
+    """Holds the whole split as a uint8 array; model.fit batches and shuffles it."""
+
+    name = "inmemory"
+    streaming = False
+
+    def __init__(self, memory_fraction: float = 0.5, available_bytes: int | None = None):
+        # Keras copies the array into a tensor inside fit, so the peak is about twice the array.
+        self.memory_fraction = memory_fraction
+        self.available_bytes = available_bytes  # injectable for tests; None reads the machine
+
+    def check_fits(self, num_images: int, decoder: ImageDecoder) -> int:
+        """Return the array's bytes, or raise before anything is allocated."""
+        needed = num_images * decoder.spec.nbytes
+        available = self.available_bytes
+        if available is None:
+            available = psutil.virtual_memory().available
+        budget = int(available * self.memory_fraction)
+        if needed > budget:
+            raise InsufficientMemoryError(
+                f"loader=inmemory needs {needed / MB:,.0f} MB for {num_images} decoded images of "
+                f"{decoder.spec.shape} uint8, but only {available / MB:,.0f} MB is available "
+                f"(budget {self.memory_fraction:.0%} of it: {budget / MB:,.0f} MB; fit copies the "
+                "array once more). Choose a streaming loader: loader=tfdata, loader=sequence or "
+                "loader=generator keep only file paths in memory."
+            )
+        return needed
+
+    def feed(
+        self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
+    ) -> Feed:
+        """Decode the whole split into memory (threads: OpenCV releases the GIL)."""
+        self.check_fits(len(split), decoder)
+        images = np.empty((len(split), *decoder.spec.shape), dtype=np.uint8)
+        keep = np.ones(len(split), dtype=bool)
+
+        def load(i: int) -> None:
+            image = decoder.decode(split.paths[i])
+            if image is None:
+                keep[i] = False
+            else:
+                images[i] = image
+
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(load, range(len(split))))
+        if not keep.all():
+            images = images[keep]
+        return Feed(x=images, y=split.labels[keep], batch_size=batch_size)

@@ -1,0 +1,32 @@
+"""A small CNN that trains in seconds per epoch on a CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from loaderlab.models.layers import augmentation
+
+
+def build(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    filters: Sequence[int] = (32, 64, 128),
+    dropout: float = 0.2,
+    augment: bool = True,
+) -> keras.Model:
+    """Conv-BN-ReLU blocks with pooling, global average pooling and a softmax head."""
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    for layer in augmentation(augment):
+        x = layer(x)
+    for f in filters:
+        x = keras.layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")

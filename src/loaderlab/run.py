@@ -1,0 +1,215 @@
+"""One training job: data, loader, model and fit, measured and logged to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from loaderlab import environment, tracking
+from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.monitor import MB, GpuMemory, MemorySampler, TensorFlowMemory, ThroughputTracker
+from loaderlab.validate import check_config, drop_bad_images
+
+log = logging.getLogger(__name__)
+RUN_ID_FILE = "mlflow_run_id"
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C, so a killed job still ends its MLflow run as KILLED."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def hydra_facts() -> tuple[str, bool]:
+    """(the job's command-line overrides, whether it runs in a process of its own)."""
+    if not HydraConfig.initialized():
+        return "", True
+    hydra_cfg = HydraConfig.get()
+    overrides = " ".join(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.RUN:
+        return overrides, True
+    import os
+
+    return overrides, os.environ.get(environment.ISOLATED_ENV) == "1"
+
+
+def state_folder(cfg: DictConfig) -> Path:
+    """Where checkpoints and the MLflow run id live: this job's folder, or the one resumed."""
+    resume = cfg.trainer.resume
+    if resume in (False, None):
+        return Path(cfg.paths.output_dir)
+    if resume is True:
+        runs = sorted(
+            Path(cfg.paths.outputs).glob(f"*runs/**/{RUN_ID_FILE}"), key=lambda p: p.stat().st_mtime
+        )
+        if not runs:
+            raise FileNotFoundError(
+                "trainer.resume=true but no earlier run was found under "
+                f"{cfg.paths.outputs}. Pass the run folder: trainer.resume=<path>."
+            )
+        return runs[-1].parent
+    folder = Path(str(resume))
+    if not (folder / RUN_ID_FILE).exists():
+        raise FileNotFoundError(
+            f"trainer.resume={resume}: no {RUN_ID_FILE} in that folder; "
+            "pass the output folder of an earlier run."
+        )
+    return folder
+
+
+def train(cfg: DictConfig) -> float:
+    """Train one job and return its best val_loss; the MLflow run always ends with a status."""
+    spec = check_config(cfg)
+    state_dir = state_folder(cfg)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file = state_dir / RUN_ID_FILE
+    resumed_run_id = run_id_file.read_text().strip() if cfg.trainer.resume else None
+    experiment_id = tracking.connect(
+        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
+    )
+    overrides, isolated = hydra_facts()
+    import os
+
+    loader = instantiate(cfg.loader)  # fails fast on a bad loader option, before any data work
+    tags = {
+        "loader": loader.name,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "git_commit": tracking.git_commit(),
+        "hydra_overrides": overrides,
+        "sweep_id": os.environ.get(environment.SWEEP_ID_ENV, "none"),
+        "process_isolated": str(isolated).lower(),
+    }
+    with (
+        sigterm_as_interrupt(),
+        tracking.tracked_run(
+            experiment_id, f"{loader.name}-{cfg.model.name}", tags, run_id=resumed_run_id
+        ) as run,
+    ):
+        run_id_file.write_text(run.info.run_id)
+        if resumed_run_id is None:
+            mlflow.log_params(tracking.flatten(cfg))
+        try:
+            return _train_logged(cfg, spec, loader, state_dir, run.info.run_id)
+        finally:
+            _log_folder_artifacts(Path(cfg.paths.output_dir))
+
+
+def _train_logged(cfg: DictConfig, spec, loader, state_dir: Path, run_id: str) -> float:
+    manifest = instantiate(cfg.data.manifest)
+    manifest, bad = drop_bad_images(manifest, cfg.data.on_bad_image)
+    decoder = ImageDecoder(spec, cfg.data.on_bad_image)
+    log.info(
+        "Data: %d train, %d validation images, classes %s",
+        len(manifest.train),
+        len(manifest.val),
+        list(manifest.class_names),
+    )
+
+    import keras
+
+    keras.utils.set_random_seed(cfg.trainer.seed)
+    gpu = GpuMemory(TensorFlowMemory())
+    mlflow.set_tag("device", gpu.device)
+    sampler = MemorySampler(interval_s=cfg.tracking.memory_interval_s)
+    mlflow.set_tag("rss_method", sampler.method)
+
+    baseline = sampler.start().sample()  # before the data pipeline is built
+    gpu.reset()
+    tracker = ThroughputTracker(images_per_epoch=len(manifest.train))
+    try:
+        train_feed = loader.feed(manifest.train, decoder, cfg.batch.train, True, cfg.trainer.seed)
+        val_feed = loader.feed(manifest.val, decoder, cfg.batch.val, False, cfg.trainer.seed)
+        model = instantiate(cfg.model.build, input_shape=spec.shape, num_classes=manifest.num_classes)
+        model.compile(
+            optimizer=instantiate(cfg.trainer.optimizer),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        best_so_far = _best_val_loss(run_id)
+        callbacks = _callbacks(cfg, state_dir, tracker, best_so_far)
+        tracker.fit_start()
+        model.fit(
+            **train_feed.fit_kwargs(),
+            **val_feed.validation_kwargs(),
+            epochs=cfg.trainer.epochs,
+            callbacks=callbacks,
+            verbose=cfg.trainer.verbose,
+        )
+    finally:
+        peak = sampler.stop()
+        summary = {"peak_rss_mb": peak / MB, "baseline_rss_mb": baseline / MB}
+        if (gpu_peak := gpu.peak_mb()) is not None:
+            summary["gpu_peak_mb"] = gpu_peak
+        if (rate := tracker.steady_images_per_sec()) is not None:
+            summary["images_per_sec"] = rate
+        if tracker.time_to_first_batch_s is not None:
+            summary["time_to_first_batch_s"] = tracker.time_to_first_batch_s
+        skipped = {**bad, **dict(line.split("\t", 1) for line in decoder.skipped)}
+        if cfg.data.on_bad_image == "skip":
+            summary["skipped_images"] = len(skipped)
+            if skipped:
+                mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in skipped.items()), "skipped_images.tsv")
+        mlflow.log_metrics(summary)
+    best = _best_val_loss(run_id)
+    if math.isfinite(best):
+        mlflow.log_metric("best_val_loss", best)
+    best_file = state_dir / "checkpoints" / "best.keras"
+    if cfg.tracking.log_checkpoint and best_file.exists():
+        mlflow.log_artifact(str(best_file), "checkpoints")
+    log.info("Finished: %s", {k: round(v, 3) for k, v in summary.items()} | {"best_val_loss": best})
+    return best
+
+
+def _callbacks(cfg: DictConfig, state_dir: Path, tracker: ThroughputTracker, best: float) -> list:
+    import keras
+
+    from loaderlab.callbacks import EpochMetricsToMlflow, ThroughputCallback
+    from loaderlab.checkpoint import BestCheckpoint
+
+    callbacks = [
+        ThroughputCallback(tracker, cfg.batch.train),
+        EpochMetricsToMlflow(),
+        # The epoch state that trainer.resume continues from; kept after training ends.
+        keras.callbacks.BackupAndRestore(str(state_dir / "backup"), delete_checkpoint=False),
+    ]
+    if cfg.trainer.checkpoint:
+        callbacks.append(BestCheckpoint(state_dir / "checkpoints" / "best.keras", best))
+    if cfg.trainer.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.trainer.early_stopping_patience))
+    return callbacks
+
+
+def _best_val_loss(run_id: str) -> float:
+    """The lowest val_loss logged to this run so far (resumes included); inf if none."""
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val_loss")
+    return min((m.value for m in history), default=math.inf)
+
+
+def _log_folder_artifacts(output_dir: Path) -> None:
+    """Log the job's .hydra/ folder and its log file."""
+    if (output_dir / ".hydra").is_dir():
+        mlflow.log_artifacts(str(output_dir / ".hydra"), ".hydra")
+    for log_file in output_dir.glob("*.log"):
+        mlflow.log_artifact(str(log_file))

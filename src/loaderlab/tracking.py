@@ -1,0 +1,139 @@
+"""MLflow: the store, the experiment, one run per job, and how runs end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from loaderlab import PROJECT_ROOT
+from loaderlab.environment import PARENT_RUN_ENV
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; raised before any training."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when an http(s) tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} cannot be reached ({reason}). Start it (e.g. "
+            f"`mlflow server --host 127.0.0.1 --port 5000`) or set tracking.uri to another store, "
+            "e.g. the default sqlite:///<repo>/outputs/mlflow.db."
+        ) from None
+
+
+def connect(uri: str, experiment: str, artifact_location: str | None = None) -> str:
+    """Point MLflow at the store and return the experiment id, creating it race-free."""
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    for attempt in range(5):
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            location = Path(artifact_location).absolute().as_uri() if artifact_location else None
+            return client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # another job created it first, or the database was busy
+            time.sleep(0.2 * (attempt + 1))
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingUnavailableError(f"Could not create MLflow experiment '{experiment}' at {uri}.")
+    return found.experiment_id
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys, e.g. {'loader.workers': '2'}."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, with '-dirty' when there are uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return head + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def record_error(error: BaseException) -> None:
+    """Put the error on the active run: a short tag and the traceback as an artifact."""
+    text = "".join(traceback.format_exception(error))
+    try:
+        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:4000])
+        mlflow.log_text(text, "error.txt")
+    except Exception:  # noqa: BLE001 - the run must still be ended below
+        pass
+
+
+@contextmanager
+def tracked_run(
+    experiment_id: str, run_name: str, tags: dict[str, str], run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that always ends: FINISHED, FAILED with the error, or KILLED on Ctrl-C/SIGTERM."""
+    parent = os.environ.get(PARENT_RUN_ENV) if run_id is None else None
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=None if run_id else run_name,
+        parent_run_id=parent,
+        tags=tags,
+    )
+    try:
+        yield run
+    except KeyboardInterrupt as e:
+        record_error(e)
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as e:
+        record_error(e)
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))

@@ -1,0 +1,22 @@
+"""Train one model with one loading strategy; every run is logged to MLflow.
+
+python src/train.py loader=generator model=vgg16 batch.train=32
+python src/train.py -m loader=inmemory,generator,sequence,tfdata
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+import loaderlab  # noqa: F401  registers the ${project_root:} resolver
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point: returns the best val_loss, which sweepers minimise."""
+    from loaderlab.run import train
+
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
