@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -49,8 +50,6 @@ def hydra_facts() -> tuple[str, bool]:
     overrides = " ".join(hydra_cfg.overrides.task)
     if hydra_cfg.mode == RunMode.RUN:
         return overrides, True
-    import os
-
     return overrides, os.environ.get(environment.ISOLATED_ENV) == "1"
 
 
@@ -80,7 +79,6 @@ def state_folder(cfg: DictConfig) -> Path:
 
 def train(cfg: DictConfig) -> float:
     """Train one job and return its best val_loss; the MLflow run always ends with a status."""
-    spec = check_config(cfg)
     state_dir = state_folder(cfg)
     state_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = state_dir / RUN_ID_FILE
@@ -89,11 +87,7 @@ def train(cfg: DictConfig) -> float:
         cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
     )
     overrides, isolated = hydra_facts()
-    import os
-
-    loader = instantiate(cfg.loader)  # fails fast on a bad loader option, before any data work
     tags = {
-        "loader": loader.name,
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "git_commit": tracking.git_commit(),
@@ -103,14 +97,16 @@ def train(cfg: DictConfig) -> float:
     }
     with (
         sigterm_as_interrupt(),
-        tracking.tracked_run(
-            experiment_id, f"{loader.name}-{cfg.model.name}", tags, run_id=resumed_run_id
-        ) as run,
+        tracking.tracked_run(experiment_id, cfg.model.name, tags, run_id=resumed_run_id) as run,
     ):
         run_id_file.write_text(run.info.run_id)
         if resumed_run_id is None:
             mlflow.log_params(tracking.flatten(cfg))
         try:
+            # Inside the run, so that a bad value in a sweep shows as a FAILED job with its message.
+            spec = check_config(cfg)
+            loader = instantiate(cfg.loader)
+            mlflow.set_tags({"loader": loader.name, "mlflow.runName": f"{loader.name}-{cfg.model.name}"})
             return _train_logged(cfg, spec, loader, state_dir, run.info.run_id)
         finally:
             _log_folder_artifacts(Path(cfg.paths.output_dir))

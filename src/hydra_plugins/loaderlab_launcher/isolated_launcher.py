@@ -74,8 +74,10 @@ class IsolatedLauncher(Launcher):
             )
             env = {**os.environ, ISOLATED_ENV: "1"}
             proc = subprocess.run([self.python, "-m", __name__, str(job_file), str(result_file)], env=env)
+            job_file.unlink()
             if result_file.exists():
                 ret = cloudpickle.loads(result_file.read_bytes())
+                result_file.unlink()
             else:
                 ret = JobReturn(
                     overrides=list(overrides),

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny datasets, composed configs pointed at tmp_path, one MLflow store per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from loaderlab import PROJECT_ROOT
+from loaderlab.data.synthetic import generate
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+CONF_DIR = str(PROJECT_ROOT / "conf")
+
+# Small enough to train in seconds, big enough for a stratified split and several batches.
+TINY = {"num_images": 96, "image_size": 40, "num_classes": 4, "seed": 0}
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/config.yaml with overrides, as `python src/train.py ...` would."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides or []))
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated synthetic dataset, shared by the session (read-only)."""
+    root = tmp_path_factory.mktemp("datasets") / "tiny"
+    generate(root, progress=False, **TINY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite MLflow store for the session (creating one costs a schema migration)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, tiny_root: Path, tracking_uri: str):
+    """Build a training config on the tiny dataset, with every output under tmp_path."""
+
+    def make(*overrides: str, experiment: str = "tests") -> DictConfig:
+        cfg = compose_config(
+            [
+                f"paths.outputs={tmp_path}",
+                f"data.root={tiny_root}",
+                *(f"data.{k}={v}" for k, v in TINY.items()),
+                "model.input_size=32",
+                "trainer.epochs=1",
+                "trainer.verbose=0",
+                "batch.train=16",
+                "batch.val=16",
+                f"tracking.uri={tracking_uri}",
+                f"tracking.experiment={experiment}",
+                *overrides,
+            ]
+        )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+        return cfg
+
+    return make

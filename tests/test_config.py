@@ -1,0 +1,68 @@
+"""Every group option and preset composes; bad values stop with a message that says what to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf, open_dict
+
+from conftest import CONF_DIR, compose_config
+from loaderlab.validate import ConfigError, check_config
+
+GROUPS = ["data", "loader", "model", "batch", "trainer", "tracking"]
+REQUIRED = {"data=folder": ["data.root=/x"], "data=csv": ["data.csv=/x.csv"]}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{g}={o}" for g in GROUPS for o in options(g)] + [f"experiment={e}" for e in options("experiment")],
+)
+def test_every_option_composes_and_resolves(override: str) -> None:
+    cfg = compose_config([override, *REQUIRED.get(override, [])])
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert set(GROUPS) <= set(container)
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/job"  # ${hydra:runtime.output_dir} needs a running job
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    check_config(cfg)
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    cfg = compose_config()
+    assert (cfg.data.name, cfg.model.name) == ("synthetic", "small_cnn")
+    assert cfg.loader._target_.endswith("TFDataLoader")
+    assert cfg.tracking.uri.startswith("sqlite:////") and cfg.tracking.uri.endswith("/outputs/mlflow.db")
+    assert cfg.tracking.experiment == "loaderlab"
+
+
+def test_unknown_loader_is_refused_with_the_options() -> None:
+    with pytest.raises(ConfigCompositionException, match="Available options") as e:
+        compose_config(["loader=magic"])
+    assert "tfdata" in str(e.value.__cause__ or e.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["batch.train=0"], "batch.train must be a positive integer"),
+        (["batch.val=-4"], "batch.val must be a positive integer"),
+        (["trainer.epochs=0"], "trainer.epochs must be a positive integer"),
+        (["model=vgg16", "model.input_size=16"], "at least 32 px"),
+        (["data.channels=2"], "data.channels must be 1 or 3"),
+        (["data.on_bad_image=ignore"], "data.on_bad_image must be one of"),
+    ],
+)
+def test_bad_values_say_what_to_change(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config(overrides))
+
+
+def test_rectangular_input_size() -> None:
+    spec = check_config(compose_config(["model.input_size=[48,64]", "data.channels=1"]))
+    assert spec.shape == (48, 64, 1)
