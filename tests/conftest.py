@@ -44,11 +44,12 @@ def make_cfg(tmp_path: Path, tiny_root: Path, tracking_uri: str):
     """Build a training config on the tiny dataset, with every output under tmp_path."""
 
     def make(*overrides: str, experiment: str = "tests") -> DictConfig:
+        synthetic = not any(o.startswith("data=") for o in overrides)
+        tiny_data = [f"data.root={tiny_root}", *(f"data.{k}={v}" for k, v in TINY.items())]
         cfg = compose_config(
             [
                 f"paths.outputs={tmp_path}",
-                f"data.root={tiny_root}",
-                *(f"data.{k}={v}" for k, v in TINY.items()),
+                *(tiny_data if synthetic else []),
                 "model.input_size=32",
                 "trainer.epochs=1",
                 "trainer.verbose=0",

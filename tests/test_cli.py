@@ -1,0 +1,77 @@
+"""The real command line, as a user runs it: single runs and sweeps in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY
+from loaderlab import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+TRAIN = str(PROJECT_ROOT / "src" / "train.py")
+
+
+def run_train(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """python src/train.py on the tiny dataset with every output under tmp_path."""
+    command = [
+        sys.executable, TRAIN,
+        *(a for a in args if a.startswith("-")),  # argparse wants flags before overrides
+        f"paths.outputs={tmp_path}", f"data.root={tiny_root}",
+        *(f"data.{k}={v}" for k, v in TINY.items()),
+        "model.input_size=32", "trainer.epochs=1", "trainer.verbose=2",
+        "batch.train=16", "batch.val=16",
+        *(a for a in args if not a.startswith("-")),  # last, so they win
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def runs(tmp_path: Path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("loaderlab")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_train_py_runs_end_to_end(tmp_path: Path, tiny_root: Path) -> None:
+    result = run_train(tmp_path, tiny_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, [run] = runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["loader"] == "tfdata" and run.data.tags["process_isolated"] == "true"
+    assert "model.input_size=32" in run.data.tags["hydra_overrides"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {".hydra", "train.log", "checkpoints"} <= artifacts
+    hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    assert ".hydra/config.yaml" in hydra_files and ".hydra/overrides.yaml" in hydra_files
+
+
+def test_sweep_isolates_jobs_under_one_parent_and_survives_a_failure(tmp_path: Path, tiny_root: Path) -> None:
+    # Job 0 fails on a bad value; job 1 must still run, in its own process.
+    result = run_train(tmp_path, tiny_root, "-m", "loader=generator", "batch.train=0,16")
+    assert result.returncode != 0  # Hydra reports the failed job at the end
+    assert "batch.train must be a positive integer" in result.stderr + result.stdout
+    client, all_runs = runs(tmp_path)
+    [parent] = [r for r in all_runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(all_runs) == 3 and len(children) == 2
+    by_batch = {r.data.params["batch.train"]: r for r in children}
+    assert by_batch["0"].info.status == "FAILED" and "batch.train" in by_batch["0"].data.tags["error"]
+    assert by_batch["16"].info.status == "FINISHED" and "images_per_sec" in by_batch["16"].data.metrics
+    assert {r.data.tags["process_isolated"] for r in children} == {"true"}
+    assert {r.data.tags["sweep_id"] for r in children} == {parent.data.tags["sweep_id"]}
+    assert parent.info.status == "FAILED"
+
+
+def test_sweep_in_one_process_says_so(tmp_path: Path, tiny_root: Path) -> None:
+    result = run_train(tmp_path, tiny_root, "-m", "hydra/launcher=basic", "loader=generator,tfdata")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, all_runs = runs(tmp_path)
+    children = [r for r in all_runs if r.data.tags.get("role") != "sweep"]
+    assert len(children) == 2 and {r.data.tags["process_isolated"] for r in children} == {"false"}
+    assert all(r.info.status == "FINISHED" for r in all_runs)

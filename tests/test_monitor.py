@@ -1,0 +1,131 @@
+"""The measurements themselves: process-tree memory, GPU memory (faked), steady-state throughput."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from loaderlab.monitor import MB, GpuMemory, MemorySampler, ThroughputTracker
+
+HOLD_MB = 300
+
+
+def test_sampler_sees_a_known_allocation_in_a_child_process() -> None:
+    sampler = MemorySampler(interval_s=0.02)
+    before = sampler.start().sample()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import numpy as np, time; a = np.ones({HOLD_MB} * 2**20, np.uint8); print('ready', flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        peak = sampler.stop()
+    finally:
+        child.kill()
+        child.wait()
+    grew_mb = (peak - before) / MB
+    # the array, plus the child's interpreter and numpy (tens of MB)
+    assert HOLD_MB <= grew_mb <= HOLD_MB + 80, f"peak grew {grew_mb:.0f} MB for a {HOLD_MB} MB child"
+
+
+def _sleep() -> None:
+    time.sleep(2)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PSS is Linux-only")
+def test_pages_shared_with_a_forked_child_count_once() -> None:
+    sampler = MemorySampler()
+    assert sampler.method == "pss_sum"
+    data = np.ones(HOLD_MB * MB, np.uint8)  # resident in the parent
+    before = sampler.sample()
+    child = mp.get_context("fork").Process(target=_sleep)
+    child.start()
+    try:
+        time.sleep(0.5)
+        with_child = sampler.sample()
+    finally:
+        child.join()
+    # Summed RSS would count the 300 MB twice; summed PSS splits the shared pages.
+    assert (with_child - before) / MB < 60
+    del data
+
+
+class FakeDevices:
+    """A DeviceMemorySource with scripted peaks."""
+
+    def __init__(self, peaks: dict[str, int]):
+        self.peaks, self.resets = peaks, []
+
+    def devices(self) -> list[str]:
+        return list(self.peaks)
+
+    def describe(self, device: str) -> str:
+        return f"{device} FakeGPU"
+
+    def reset_peak(self, device: str) -> None:
+        self.resets.append(device)
+
+    def peak_bytes(self, device: str) -> int:
+        return self.peaks[device]
+
+
+def test_gpu_peak_is_the_largest_device_peak_after_reset() -> None:
+    source = FakeDevices({"GPU:0": 512 * MB, "GPU:1": 768 * MB})
+    gpu = GpuMemory(source)
+    gpu.reset()
+    assert source.resets == ["GPU:0", "GPU:1"]
+    assert gpu.peak_mb() == 768
+    assert gpu.device == "GPU:0 FakeGPU, GPU:1 FakeGPU"
+
+
+def test_no_gpu_means_no_figure_not_zero() -> None:
+    gpu = GpuMemory(FakeDevices({}))
+    assert gpu.peak_mb() is None
+    assert gpu.device == "CPU"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_epochs(tracker: ThroughputTracker, clock: FakeClock, step_times: list[list[float]]) -> None:
+    tracker.fit_start()
+    for steps in step_times:
+        tracker.epoch_begin()
+        for dt in steps:
+            clock.now += dt
+            tracker.step_end(10)
+        clock.now += 5.0  # validation: not training time
+        tracker.epoch_end()
+
+
+def test_throughput_leaves_out_the_first_epoch() -> None:
+    clock = FakeClock()
+    tracker = ThroughputTracker(images_per_epoch=40, clock=clock)
+    run_epochs(tracker, clock, [[3.0, 0.1, 0.1, 0.1], [0.1] * 4, [0.1] * 4])
+    assert tracker.time_to_first_batch_s == pytest.approx(3.0)
+    assert tracker.steady_images_per_sec() == pytest.approx(80 / 0.8)
+    assert tracker.epochs[1].epoch_time_s == pytest.approx(5.4)
+
+
+def test_throughput_with_one_epoch_leaves_out_the_first_step() -> None:
+    clock = FakeClock()
+    tracker = ThroughputTracker(images_per_epoch=40, clock=clock)
+    run_epochs(tracker, clock, [[3.0, 0.1, 0.1, 0.1]])
+    assert tracker.steady_images_per_sec() == pytest.approx(30 / 0.3)
