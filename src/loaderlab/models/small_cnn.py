@@ -12,8 +12,9 @@ from loaderlab.models.layers import augmentation
 def build(
     input_shape: tuple[int, int, int],
     num_classes: int,
-    filters: Sequence[int] = (32, 64, 128),
+    filters: Sequence[int] = (32, 64, 128, 128),
     dropout: float = 0.2,
+    bn_momentum: float = 0.9,
     augment: bool = True,
 ) -> keras.Model:
     """Conv-BN-ReLU blocks with pooling, global average pooling and a softmax head."""
@@ -23,7 +24,7 @@ def build(
         x = layer(x)
     for f in filters:
         x = keras.layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
