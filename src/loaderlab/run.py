@@ -194,6 +194,11 @@ def _callbacks(cfg: DictConfig, state_dir: Path, tracker: ThroughputTracker, bes
         callbacks.append(BestCheckpoint(state_dir / "checkpoints" / "best.keras", best))
     if cfg.trainer.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.trainer.early_stopping_patience))
+    if cfg.trainer.stall_timeout_s:
+        from loaderlab.watchdog import StallWatchdog
+
+        run_id = mlflow.active_run().info.run_id
+        callbacks.append(StallWatchdog(cfg.trainer.stall_timeout_s, lambda m: tracking.fail_run(run_id, m)))
     return callbacks
 
 

@@ -113,6 +113,14 @@ def record_error(error: BaseException) -> None:
         pass
 
 
+def fail_run(run_id: str, message: str) -> None:
+    """End a run FAILED with a message, from any thread (the fluent API's run is per thread)."""
+    client = MlflowClient()
+    client.set_tag(run_id, "error", message[:4000])
+    client.log_text(run_id, message, "error.txt")
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
 @contextmanager
 def tracked_run(
     experiment_id: str, run_name: str, tags: dict[str, str], run_id: str | None = None
