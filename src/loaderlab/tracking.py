@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
-import time
 import traceback
 import urllib.error
 import urllib.request
@@ -43,26 +43,39 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise first use of a SQLite store across processes: MLflow's schema migration races."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def connect(uri: str, experiment: str, artifact_location: str | None = None) -> str:
-    """Point MLflow at the store and return the experiment id, creating it race-free."""
+    """Point MLflow at the store and return the experiment id, creating it if needed."""
     check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    for attempt in range(5):
+    with store_lock(uri):
+        client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return found.experiment_id
+        location = Path(artifact_location).absolute().as_uri() if artifact_location else None
         try:
-            location = Path(artifact_location).absolute().as_uri() if artifact_location else None
             return client.create_experiment(experiment, artifact_location=location)
-        except MlflowException:  # another job created it first, or the database was busy
-            time.sleep(0.2 * (attempt + 1))
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise TrackingUnavailableError(f"Could not create MLflow experiment '{experiment}' at {uri}.")
-    return found.experiment_id
+        except MlflowException:  # a job on another machine created it first
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
