@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF_DIR, compose_config
 from loaderlab.validate import ConfigError, check_config
 
-GROUPS = ["data", "loader", "model", "batch", "trainer", "tracking"]
+GROUPS = ["data", "loader", "model", "batch", "trainer", "tracking", "strategy"]
 REQUIRED = {"data=folder": ["data.root=/x"], "data=csv": ["data.csv=/x.csv"]}
 
 
@@ -66,3 +67,15 @@ def test_bad_values_say_what_to_change(overrides: list[str], message: str) -> No
 def test_rectangular_input_size() -> None:
     spec = check_config(compose_config(["model.input_size=[48,64]", "data.channels=1"]))
     assert spec.shape == (48, 64, 1)
+
+
+@pytest.mark.parametrize("launcher", ["isolated", "slurm"])
+def test_launcher_presets_compose(launcher: str) -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    if launcher == "slurm":
+        assert target.endswith("SlurmLauncher") and "partition" in cfg.hydra.launcher
+        assert "export LOADERLAB_PROCESS_ISOLATED=1" in cfg.hydra.launcher.setup
+    else:
+        assert target.endswith("IsolatedLauncher")

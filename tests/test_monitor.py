@@ -22,8 +22,8 @@ def test_sampler_sees_a_known_allocation_in_a_child_process() -> None:
         [
             sys.executable,
             "-c",
-            f"import numpy as np, time; a = np.ones({HOLD_MB} * 2**20, np.uint8); print('ready', flush=True); "
-            "time.sleep(60)",
+            f"import numpy as np, time; a = np.ones({HOLD_MB} * 2**20, np.uint8); "
+            "print('ready', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
         text=True,

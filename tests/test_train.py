@@ -53,8 +53,8 @@ def test_each_loader_trains_and_logs_the_contract(make_cfg, tracking_uri: str, o
     assert math.isfinite(best)
     run = latest_run(tracking_uri, "tests")
     assert run.info.status == "FINISHED"
-    assert EPOCH_METRICS | RUN_METRICS <= set(run.data.metrics)
-    assert TAGS <= set(run.data.tags)
+    assert set(run.data.metrics) >= EPOCH_METRICS | RUN_METRICS
+    assert set(run.data.tags) >= TAGS
     assert run.data.tags["loader"] == overrides[0].split("=")[1]
     assert run.data.tags["device"] == "CPU" and "gpu_peak_mb" not in run.data.metrics
     assert run.data.metrics["best_val_loss"] == pytest.approx(best)
@@ -120,3 +120,9 @@ def test_unreachable_tracking_server_fails_fast(make_cfg) -> None:
     with pytest.raises(TrackingUnavailableError, match="cannot be reached"):
         train(make_cfg("tracking.uri=http://127.0.0.1:9"))
     assert time.perf_counter() - start < 10
+
+
+def test_mirrored_strategy_runs_on_the_cpu_as_one_replica(make_cfg, tracking_uri: str) -> None:
+    assert math.isfinite(train(make_cfg("strategy=mirrored")))
+    params = latest_run(tracking_uri, "tests").data.params
+    assert params["strategy.replicas"] == "1" and params["batch.global_train"] == "16"

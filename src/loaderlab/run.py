@@ -17,6 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from loaderlab import environment, tracking
+from loaderlab.data.manifest import Manifest
+from loaderlab.distribute import Worker, worker_of
 from loaderlab.loaders.decode import ImageDecoder
 from loaderlab.monitor import MB, GpuMemory, MemorySampler, TensorFlowMemory, ThroughputTracker
 from loaderlab.validate import check_config, drop_bad_images
@@ -83,9 +85,12 @@ def train(cfg: DictConfig) -> float:
     state_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = state_dir / RUN_ID_FILE
     resumed_run_id = run_id_file.read_text().strip() if cfg.trainer.resume else None
-    experiment_id = tracking.connect(
-        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
-    )
+    # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
+    strategy = instantiate(cfg.strategy)
+    worker = worker_of(strategy)
+    # The chief logs the run; other workers keep a store of their own in their folder.
+    uri = cfg.tracking.uri if worker.is_chief else f"sqlite:///{state_dir}/worker{worker.index}-mlflow.db"
+    experiment_id = tracking.connect(uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
     overrides, isolated = hydra_facts()
     tags = {
         "model": cfg.model.name,
@@ -107,14 +112,32 @@ def train(cfg: DictConfig) -> float:
             spec = check_config(cfg)
             loader = instantiate(cfg.loader)
             mlflow.set_tags({"loader": loader.name, "mlflow.runName": f"{loader.name}-{cfg.model.name}"})
-            return _train_logged(cfg, spec, loader, state_dir, run.info.run_id)
+            return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run.info.run_id)
         finally:
             _log_folder_artifacts(Path(cfg.paths.output_dir))
 
 
-def _train_logged(cfg: DictConfig, spec, loader, state_dir: Path, run_id: str) -> float:
+def _train_logged(
+    cfg: DictConfig, spec, loader, strategy, worker: Worker, state_dir: Path, run_id: str
+) -> float:
     manifest = instantiate(cfg.data.manifest)
     manifest, bad = drop_bad_images(manifest, cfg.data.on_bad_image)
+    if worker.count > 1:  # each worker reads a disjoint part of the files
+        manifest = Manifest(
+            manifest.train.shard(worker.count, worker.index),
+            manifest.val.shard(worker.count, worker.index),
+            manifest.class_names,
+        )
+    replicas = strategy.num_replicas_in_sync
+    train_batch, val_batch = cfg.batch.train * replicas, cfg.batch.val * replicas
+    mlflow.log_params(
+        {
+            "strategy.replicas": replicas,
+            "strategy.workers": worker.count,
+            "batch.global_train": train_batch,
+            "batch.global_val": val_batch,
+        }
+    )
     decoder = ImageDecoder(spec, cfg.data.on_bad_image)
     log.info(
         "Data: %d train, %d validation images, classes %s",
@@ -135,16 +158,17 @@ def _train_logged(cfg: DictConfig, spec, loader, state_dir: Path, run_id: str) -
     gpu.reset()
     tracker = ThroughputTracker(images_per_epoch=len(manifest.train))
     try:
-        train_feed = loader.feed(manifest.train, decoder, cfg.batch.train, True, cfg.trainer.seed)
-        val_feed = loader.feed(manifest.val, decoder, cfg.batch.val, False, cfg.trainer.seed)
-        model = instantiate(cfg.model.build, input_shape=spec.shape, num_classes=manifest.num_classes)
-        model.compile(
-            optimizer=instantiate(cfg.trainer.optimizer),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        train_feed = loader.feed(manifest.train, decoder, train_batch, True, cfg.trainer.seed)
+        val_feed = loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed)
+        with strategy.scope():
+            model = instantiate(cfg.model.build, input_shape=spec.shape, num_classes=manifest.num_classes)
+            model.compile(
+                optimizer=instantiate(cfg.trainer.optimizer),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
         best_so_far = _best_val_loss(run_id)
-        callbacks = _callbacks(cfg, state_dir, tracker, best_so_far)
+        callbacks = _callbacks(cfg, state_dir, tracker, best_so_far, train_batch)
         tracker.fit_start()
         model.fit(
             **train_feed.fit_kwargs(),
@@ -178,14 +202,16 @@ def _train_logged(cfg: DictConfig, spec, loader, state_dir: Path, run_id: str) -
     return best
 
 
-def _callbacks(cfg: DictConfig, state_dir: Path, tracker: ThroughputTracker, best: float) -> list:
+def _callbacks(
+    cfg: DictConfig, state_dir: Path, tracker: ThroughputTracker, best: float, batch_size: int
+) -> list:
     import keras
 
     from loaderlab.callbacks import EpochMetricsToMlflow, ThroughputCallback
     from loaderlab.checkpoint import BestCheckpoint
 
     callbacks = [
-        ThroughputCallback(tracker, cfg.batch.train),
+        ThroughputCallback(tracker, batch_size),
         EpochMetricsToMlflow(),
         # The epoch state that trainer.resume continues from; kept after training ends.
         keras.callbacks.BackupAndRestore(str(state_dir / "backup"), delete_checkpoint=False),
