@@ -17,11 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from loaderlab import environment, tracking
-from loaderlab.data.manifest import Manifest
 from loaderlab.distribute import Worker, worker_of
 from loaderlab.loaders.decode import ImageDecoder
 from loaderlab.monitor import MB, GpuMemory, MemorySampler, TensorFlowMemory, ThroughputTracker
-from loaderlab.validate import check_config, drop_bad_images
+from loaderlab.validate import ConfigError, check_config, drop_bad_images
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"
@@ -120,14 +119,15 @@ def train(cfg: DictConfig) -> float:
 def _train_logged(
     cfg: DictConfig, spec, loader, strategy, worker: Worker, state_dir: Path, run_id: str
 ) -> float:
+    if worker.count > 1:
+        raise ConfigError(
+            f"strategy=multiworker ({worker.count} workers): Keras {keras_version()} model.fit does not run "
+            "under tf.distribute.MultiWorkerMirroredStrategy; it fails with 'Attempt to convert a value "
+            "(PerReplica...)' (keras-team/keras#20585, open since Keras 3). Use strategy=mirrored for "
+            "the GPUs of one machine, or loader=tfdata_service to spread the input pipeline."
+        )
     manifest = instantiate(cfg.data.manifest)
     manifest, bad = drop_bad_images(manifest, cfg.data.on_bad_image)
-    if worker.count > 1:  # each worker reads a disjoint part of the files
-        manifest = Manifest(
-            manifest.train.shard(worker.count, worker.index),
-            manifest.val.shard(worker.count, worker.index),
-            manifest.class_names,
-        )
     replicas = strategy.num_replicas_in_sync
     train_batch, val_batch = cfg.batch.train * replicas, cfg.batch.val * replicas
     mlflow.log_params(
@@ -200,6 +200,13 @@ def _train_logged(
         mlflow.log_artifact(str(best_file), "checkpoints")
     log.info("Finished: %s", {k: round(v, 3) for k, v in summary.items()} | {"best_val_loss": best})
     return best
+
+
+def keras_version() -> str:
+    """The installed Keras version."""
+    import keras
+
+    return keras.__version__
 
 
 def _callbacks(

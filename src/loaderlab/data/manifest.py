@@ -24,10 +24,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def shard(self, count: int, index: int) -> Split:
-        """Every count-th file from index: one worker's disjoint part of the split."""
-        return Split(self.paths[index::count], self.labels[index::count])
-
     def drop(self, bad_paths: set[str]) -> Split:
         """Return this split without the given paths."""
         keep = [i for i, p in enumerate(self.paths) if p not in bad_paths]

@@ -1,0 +1,69 @@
+"""tf.data with decoding offloaded to a tf.data service cluster (a dispatcher and its workers).
+
+Service workers run the pipeline's graph in other processes or machines, so the decode must be
+TensorFlow ops (a Python/OpenCV function cannot travel). The ops follow the shared spec:
+RGB or grey, bilinear resize with half-pixel centres, rounded to uint8.
+Start the servers with `python -m loaderlab.data_service dispatcher|worker`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from loaderlab.data.manifest import Split
+from loaderlab.loaders.base import Feed, Loader
+from loaderlab.loaders.decode import ImageDecoder, ImageSpec
+
+
+def tf_decode_resize(path: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
+    """The preprocessing spec in TensorFlow ops: decode, RGB/grey, bilinear resize, uint8 HWC."""
+    data = tf.io.read_file(path)
+    image = tf.cond(  # INTEGER_ACCURATE is libjpeg's ISLOW, as OpenCV decodes: identical pixels
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=spec.channels, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=spec.channels, expand_animations=False),
+    )
+    image = tf.image.resize(image, (spec.height, spec.width), method="bilinear", antialias=False)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+class TFDataServiceLoader(Loader):
+    """Shuffle and batch paths locally; read, decode and resize on the service's workers."""
+
+    name = "tfdata_service"
+    supports_multiworker = True
+
+    def __init__(
+        self,
+        dispatcher: str = "grpc://127.0.0.1:5050",
+        processing_mode: str = "distributed_epoch",
+        shuffle_buffer: int | None = None,
+        prefetch: int | None = None,
+    ):
+        self.dispatcher = dispatcher
+        self.processing_mode = processing_mode
+        self.shuffle_buffer = shuffle_buffer
+        self.prefetch = prefetch or tf.data.AUTOTUNE
+
+    def dataset(
+        self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
+    ) -> tf.data.Dataset:
+        """The pipeline; everything before `distribute` runs on the service's workers."""
+        spec = decoder.spec
+        ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels.astype(np.int32)))
+        if training:
+            ds = ds.shuffle(self.shuffle_buffer or len(split), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda p, y: (tf_decode_resize(p, spec), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).apply(
+            tf.data.experimental.service.distribute(self.processing_mode, self.dispatcher)
+        )
+        # Each worker ends its share of the epoch with a partial batch; regroup locally so every
+        # epoch has the same number of steps (Keras stops training when an epoch comes up short).
+        return ds.unbatch().batch(batch_size).prefetch(self.prefetch)
+
+    def feed(
+        self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
+    ) -> Feed:
+        """A finite dataset served by the cluster; fit iterates it once per epoch."""
+        return Feed(x=self.dataset(split, decoder, batch_size, training, seed))
