@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
-from loaderlab.loaders.base import Feed, Loader
+from loaderlab.loaders.base import Feed, Loader, num_batches
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 
 
@@ -60,7 +60,10 @@ class TFDataServiceLoader(Loader):
         )
         # Each worker ends its share of the epoch with a partial batch; regroup locally so every
         # epoch has the same number of steps (Keras stops training when an epoch comes up short).
-        return ds.unbatch().batch(batch_size).prefetch(self.prefetch)
+        ds = ds.unbatch().batch(batch_size)
+        # The service hides the cardinality; state it so Keras knows the epoch length up front.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(len(split), batch_size)))
+        return ds.prefetch(self.prefetch)
 
     def feed(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
