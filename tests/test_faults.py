@@ -87,7 +87,7 @@ def test_sigterm_mid_epoch_ends_killed_with_checkpoint_and_no_workers(
         job.wait_for("Epoch 3/")
         workers = job.workers()  # mid-epoch
         job.proc.send_signal(signal.SIGTERM)
-        assert job.proc.wait(timeout=60) != 0
+        assert job.proc.wait(timeout=120) != 0
     finally:
         job.proc.kill()
     _, alive = psutil.wait_procs(workers, timeout=10)
