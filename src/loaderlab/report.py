@@ -14,6 +14,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from loaderlab import PROJECT_ROOT
+from loaderlab.monitor import MB
 
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
 DEFAULT_EXPERIMENT = "loaderlab"
@@ -21,7 +22,6 @@ DEFAULT_OUT = PROJECT_ROOT / "outputs" / "reports"
 SWEEP_HINT = "python src/train.py -m loader=inmemory,generator,sequence,tfdata"
 
 NA = "n/a"
-MB = 1024 * 1024
 LOADER_COLORS = {"inmemory": "#d62728", "generator": "#1f77b4", "sequence": "#2ca02c", "tfdata": "#ff7f0e"}
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 # The summary metrics shown as columns, with their decimals. gpu_peak_mb exists only where a GPU did.

@@ -10,8 +10,8 @@ import psutil
 from loaderlab.data.manifest import Split
 from loaderlab.loaders.base import Feed, Loader, usable_cores
 from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.monitor import MB
 
-MB = 1024 * 1024
 _CHUNK = 16  # images per thread-pool task
 
 
