@@ -16,6 +16,7 @@ import numpy as np
 
 from loaderlab.data.folder import folder_manifest
 from loaderlab.data.manifest import DatasetError, Manifest
+from loaderlab.loaders.base import usable_cores
 
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "star", "bar", "crescent")
 COMPLETE_MARKER = ".complete.json"
@@ -129,7 +130,7 @@ def generate(
     for name in SHAPES[:num_classes]:
         (root / name).mkdir(parents=True, exist_ok=True)
     tasks = [(str(root), i, num_classes, image_size, seed) for i in range(num_images)]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     bar = None
     if progress:
         from keras.utils import Progbar  # keras's own bar, as during fit
