@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ def decode_resize(path: str, spec: ImageSpec, out: np.ndarray | None = None) -> 
     return out
 
 
+@functools.cache  # once per process, from whichever decoder is made first
 def _recycle_freed_memory(pad_bytes: int = 16 * 2**20, mmap_threshold: int = 32 * 2**20) -> None:
     """On glibc, let malloc reuse freed decode buffers instead of handing them back to the OS at once.
 
@@ -116,14 +118,6 @@ def _recycle_freed_memory(pad_bytes: int = 16 * 2**20, mmap_threshold: int = 32 
 
 
 _M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # from glibc's malloc.h
-_allocator_tuned = threading.Event()
-
-
-def _tune_allocator_once() -> None:
-    """Apply _recycle_freed_memory once per process, from whichever decoder is made first."""
-    if not _allocator_tuned.is_set():
-        _allocator_tuned.set()
-        _recycle_freed_memory()
 
 
 def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
@@ -150,7 +144,7 @@ class ImageDecoder:
     def __post_init__(self) -> None:
         if self.on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, got {self.on_bad_image!r}.")
-        _tune_allocator_once()
+        _recycle_freed_memory()
 
     def __getstate__(self) -> dict:  # picklable for PyDataset worker processes
         state = self.__dict__.copy()
@@ -159,7 +153,7 @@ class ImageDecoder:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
-        _tune_allocator_once()  # a spawned worker process starts with glibc's defaults
+        _recycle_freed_memory()  # a spawned worker process starts with glibc's defaults
 
     def decode(self, path: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """One image (written into `out` when given), or None when it is bad and the policy is skip."""
