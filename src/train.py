@@ -13,7 +13,7 @@ import loaderlab  # noqa: F401  registers the ${project_root:} resolver
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: returns the best val_loss, which sweepers minimise."""
-    from loaderlab.run import train
+    from loaderlab.training.run import train
 
     return train(cfg)
 

@@ -20,12 +20,17 @@ TRAIN = str(PROJECT_ROOT / "src" / "train.py")
 def run_train(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """python src/train.py on the tiny dataset with every output under tmp_path."""
     command = [
-        sys.executable, TRAIN,
+        sys.executable,
+        TRAIN,
         *(a for a in args if a.startswith("-")),  # argparse wants flags before overrides
-        f"paths.outputs={tmp_path}", f"data.root={tiny_root}",
+        f"paths.outputs={tmp_path}",
+        f"data.root={tiny_root}",
         *(f"data.{k}={v}" for k, v in TINY.items()),
-        "model.input_size=32", "trainer.epochs=1", "trainer.verbose=2",
-        "batch.train=16", "batch.val=16",
+        "model.input_size=32",
+        "trainer.epochs=1",
+        "trainer.verbose=2",
+        "batch.train=16",
+        "batch.val=16",
         *(a for a in args if not a.startswith("-")),  # last, so they win
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

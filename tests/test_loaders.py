@@ -141,9 +141,10 @@ def test_streaming_loaders_never_hold_the_decoded_dataset(many_files: Path, name
         assert growth > 0.9 * dataset_bytes, f"{name} grew only {growth / 2**20:.0f} MB"
 
 
-def test_inmemory_guard_refuses_before_allocating(manifest) -> None:
+def test_inmemory_guard_refuses_before_allocating(manifest, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = ImageSpec(224, 224, 3)
-    loader = InMemoryLoader(memory_fraction=0.5, available_bytes=10 * 2**20)  # 10 MB "free"
+    monkeypatch.setattr("loaderlab.loaders.inmemory.available_memory", lambda: 10 * 2**20)  # 10 MB "free"
+    loader = InMemoryLoader(memory_fraction=0.5)
     with pytest.raises(InsufficientMemoryError) as e:
         loader.feed(manifest.train, ImageDecoder(spec), 8, training=True)
     message = str(e.value)
@@ -151,5 +152,6 @@ def test_inmemory_guard_refuses_before_allocating(manifest) -> None:
     assert f"needs about {2 * array_mb:,.0f} MB" in message and f"a {array_mb:,.0f} MB array" in message
     assert "10 MB is available" in message
     assert "loader=tfdata" in message
-    fits = InMemoryLoader(available_bytes=10 * 2**30).feed(manifest.train, ImageDecoder(spec), 8, True)
+    monkeypatch.setattr("loaderlab.loaders.inmemory.available_memory", lambda: 10 * 2**30)
+    fits = InMemoryLoader().feed(manifest.train, ImageDecoder(spec), 8, True)
     assert fits.x.shape == (len(manifest.train), 224, 224, 3)

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from loaderlab.monitor import MB, GpuMemory, MemorySampler, ThroughputTracker
+from loaderlab.monitor import GpuMemory, MemorySampler, ThroughputTracker
+from loaderlab.utils.system import MB
 
 HOLD_MB = 300
 

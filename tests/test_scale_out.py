@@ -18,7 +18,7 @@ from conftest import TINY
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.folder import folder_manifest
 from loaderlab.loaders import ImageDecoder, ImageSpec
-from loaderlab.run import train
+from loaderlab.training.run import train
 from test_loaders import collect, make_loader
 from test_train import latest_run
 

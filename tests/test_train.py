@@ -11,9 +11,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from helpers import make_folder_dataset
-from loaderlab import run as run_module
-from loaderlab.run import train
 from loaderlab.tracking import TrackingUnavailableError
+from loaderlab.training import run as run_module
+from loaderlab.training.run import train
 
 EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s", "epoch_images_per_sec"}
 RUN_METRICS = {"peak_rss_mb", "baseline_rss_mb", "images_per_sec", "time_to_first_batch_s", "best_val_loss"}

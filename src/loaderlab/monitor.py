@@ -12,7 +12,7 @@ from typing import Protocol
 
 import psutil
 
-MB = 1024 * 1024
+from loaderlab.utils.system import MB
 
 
 def _tree(process: psutil.Process) -> list[psutil.Process]:

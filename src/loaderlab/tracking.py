@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import PROJECT_ROOT
-from loaderlab.environment import PARENT_RUN_ENV
+from loaderlab.utils.environment import PARENT_RUN_ENV
 
 
 class TrackingUnavailableError(RuntimeError):

@@ -16,7 +16,7 @@ import numpy as np
 
 from loaderlab.data.folder import folder_manifest
 from loaderlab.data.manifest import DatasetError, Manifest
-from loaderlab.loaders.base import usable_cores
+from loaderlab.utils.system import usable_cores
 
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "star", "bar", "crescent")
 COMPLETE_MARKER = ".complete.json"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -47,14 +46,6 @@ class Loader(ABC):
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> Feed:
         """Build the feed; training=True shuffles every epoch, False keeps manifest order."""
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (CPU affinity and taskset respected)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def num_batches(num_items: int, batch_size: int) -> int:

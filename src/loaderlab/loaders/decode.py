@@ -134,11 +134,11 @@ def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
 
 @dataclass
 class ImageDecoder:
-    """decode_resize plus the `data.on_bad_image` policy; counts what it skipped."""
+    """decode_resize plus the `data.on_bad_image` policy; keeps (path, reason) of what it skipped."""
 
     spec: ImageSpec
     on_bad_image: str = "error"
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ class ImageDecoder:
             if self.on_bad_image == "error":
                 raise
             with self._lock:
-                self.skipped.append(f"{e.path}\t{e.reason}")
+                self.skipped.append((e.path, e.reason))
             return None
 
     def batch(self, paths, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

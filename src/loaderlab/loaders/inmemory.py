@@ -8,9 +8,9 @@ import numpy as np
 import psutil
 
 from loaderlab.data.manifest import Split
-from loaderlab.loaders.base import Feed, Loader, usable_cores
+from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder
-from loaderlab.monitor import MB
+from loaderlab.utils.system import MB, usable_cores
 
 _CHUNK = 16  # images per thread-pool task
 
@@ -19,27 +19,27 @@ class InsufficientMemoryError(MemoryError):
     """The in-memory array would not fit; the message gives both figures."""
 
 
+def available_memory() -> int:
+    """Bytes the machine can give without swapping."""
+    return psutil.virtual_memory().available
+
+
 class InMemoryLoader(Loader):
     """Holds the whole split as a uint8 array; model.fit batches and shuffles it."""
 
     name = "inmemory"
     streaming = False
 
-    # fit copies the array into a tensor, so the run holds it twice (measured: 32,000 images at
-    # 224 px, a 4,593 MB array, peaked at 12,719 MB with TensorFlow and the model).
-    COPIES_IN_FIT = 2
+    COPIES_IN_FIT = 2  # fit copies the array into a tensor, so the run holds it twice (README: memory)
 
-    def __init__(self, memory_fraction: float = 0.7, available_bytes: int | None = None):
+    def __init__(self, memory_fraction: float = 0.7):
         self.memory_fraction = memory_fraction  # the rest is left to TensorFlow and the model
-        self.available_bytes = available_bytes  # injectable for tests; None reads the machine
 
     def check_fits(self, num_images: int, decoder: ImageDecoder) -> int:
         """Return the array's bytes, or raise before anything is allocated."""
         array = num_images * decoder.spec.nbytes
         needed = self.COPIES_IN_FIT * array
-        available = self.available_bytes
-        if available is None:
-            available = psutil.virtual_memory().available
+        available = available_memory()
         budget = int(available * self.memory_fraction)
         if needed > budget:
             raise InsufficientMemoryError(
@@ -63,7 +63,7 @@ class InMemoryLoader(Loader):
             for i in range(start, min(start + _CHUNK, len(split))):
                 keep[i] = decoder.decode(split.paths[i], out=images[i]) is not None  # in place: no copy
 
-        # Runs of images per task, not one task per image: a future per image cost ~16% of the rate.
+        # Runs of images per task: a future per image costs a measurable share of the rate.
         with ThreadPoolExecutor(usable_cores()) as pool:
             list(pool.map(load, range(0, len(split), _CHUNK)))
         if not keep.all():

@@ -6,8 +6,9 @@ import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
-from loaderlab.loaders.base import Feed, Loader, usable_cores
+from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.utils.system import usable_cores
 
 
 class TFDataLoader(Loader):

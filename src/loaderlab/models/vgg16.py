@@ -7,8 +7,6 @@ from keras.applications import vgg16
 
 from loaderlab.models.layers import augmentation
 
-MIN_INPUT_SIZE = 32  # VGG16's five poolings need at least 32x32
-
 
 @keras.saving.register_keras_serializable(package="loaderlab")
 class VGGPreprocess(keras.layers.Layer):
@@ -30,12 +28,7 @@ def build(
     trainable_base: bool = True,
 ) -> keras.Model:
     """VGG16 convolutional base (weights=None or 'imagenet'/a path) plus a pooled softmax head."""
-    height, width, _ = input_shape
-    if min(height, width) < MIN_INPUT_SIZE:
-        raise ValueError(
-            f"model=vgg16 needs an input of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got "
-            f"{height}x{width}. Set model.input_size={MIN_INPUT_SIZE} or more."
-        )
+    height, width, _ = input_shape  # under 32 px: keras.applications raises; check_config stops it sooner
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
     x = VGGPreprocess()(inputs)
     for layer in augmentation(augment):

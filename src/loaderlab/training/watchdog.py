@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 
 import keras
-import psutil
+
+from loaderlab.training.lifecycle import stop_children
 
 log = logging.getLogger(__name__)
 STALL_EXIT_CODE = 3
@@ -70,13 +71,3 @@ class StallWatchdog(keras.callbacks.Callback):
                 stop_children()
                 logging.shutdown()
                 os._exit(STALL_EXIT_CODE)
-
-
-def stop_children(grace_s: float = 3.0) -> None:
-    """Terminate this process's children (then kill what remains)."""
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for child in alive:
-        child.kill()

@@ -1,0 +1,1 @@
+"""One training job: the run (`run.py`), its Keras callbacks, checkpoints, stall watchdog and workers."""

@@ -1,0 +1,91 @@
+"""How a job stops: signals become KeyboardInterrupt in the main process only, and no child outlives it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+
+log = logging.getLogger(__name__)
+_owner_pid: int | None = None  # the process whose handlers are installed; None outside a run
+
+
+def _reset_in_child() -> None:
+    """After fork: a worker must not inherit the run's handlers (it would raise KeyboardInterrupt
+    inside multiprocessing's own exit code and never exit). SIGTERM kills it; Ctrl-C at the terminal
+    reaches the whole process group, and the main process, not each worker, handles it."""
+    if _owner_pid is not None and os.getpid() != _owner_pid:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
+
+
+@contextmanager
+def stop_signals_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C in this process, so a stopped job still ends its MLflow run as KILLED."""
+    global _owner_pid
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    _owner_pid = os.getpid()
+    try:
+        yield
+    finally:
+        _owner_pid = None
+        signal.signal(signal.SIGTERM, previous)
+
+
+def child_pids() -> set[int]:
+    """The pids of this process's descendants now."""
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def stop_children(keep: set[int] = frozenset(), grace_s: float = 5.0) -> list[int]:
+    """Terminate this process's descendants except `keep` (then kill what remains); return their pids.
+
+    multiprocessing's resource tracker is left alone: it exits by itself with this process, and
+    killing it makes a later pool in the same process warn.
+    """
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid not in keep and "resource_tracker" not in " ".join(child.cmdline()):
+                children.append(child)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [c.pid for c in children]
+
+
+@contextmanager
+def no_child_left() -> Iterator[None]:
+    """On the way out, however it goes, end the processes started inside (PyDataset workers, say)."""
+    before = child_pids()
+    try:
+        yield
+    finally:
+        if left := stop_children(keep=before):
+            log.info("Stopped %d process(es) the run left: %s", len(left), left)

@@ -1,0 +1,1 @@
+"""Helpers with one home: project paths, machine facts, and the environment a sweep passes to its jobs."""
