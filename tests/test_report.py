@@ -161,7 +161,7 @@ def test_varied_params_are_the_swept_ones_not_their_consequences(store, experime
     add_sweep(client, experiment, "2026-01-01_11-00-00", scaling_sweep())
     sweep = find_sweep(client, experiment)
     # loader.* follows from the loader, data.root from data.num_images, paths.output_dir is per job.
-    assert varied_params(sweep.children) == ["data.num_images"]
+    assert varied_params(sweep.jobs) == ["data.num_images"]
     table = build_table(sweep)
     assert table.headers[:4] == ["loader", "model", "data.num_images", "batch"]
     assert table.column("data.num_images")[:5] == ["2000"] * 4 + ["8000"]
@@ -171,7 +171,7 @@ def test_varied_params_without_override_tags(store, experiment: str) -> None:
     _, client = store
     jobs = [finished("tfdata", 900, 500, lr=lr, overrides=None) for lr in ("0.001", "0.0003")]
     add_sweep(client, experiment, "2026-01-01_12-00-00", jobs)
-    assert varied_params(find_sweep(client, experiment).children) == ["trainer.learning_rate"]
+    assert varied_params(find_sweep(client, experiment).jobs) == ["trainer.learning_rate"]
 
 
 def test_latest_sweep_by_default_or_the_named_one(store, experiment: str) -> None:
@@ -180,7 +180,7 @@ def test_latest_sweep_by_default_or_the_named_one(store, experiment: str) -> Non
     new = add_sweep(client, experiment, "2026-01-02_09-00-00", loader_sweep())
     assert find_sweep(client, experiment).parent.info.run_id == new
     named = find_sweep(client, experiment, "2026-01-01_09-00-00")
-    assert named.parent.info.run_id == old and len(named.children) == 1
+    assert named.parent.info.run_id == old and len(named.jobs) == 1
     with pytest.raises(ReportError, match="No sweep 'nope'.*Recent sweeps: 2026-01-02_09-00-00, 2026-01-01"):
         find_sweep(client, experiment, "nope")
 
@@ -278,3 +278,43 @@ def test_mlflow_ui_view_is_saved_on_the_experiment(store, experiment: str, tmp_p
     assert f"#/experiments/{report.sweep.experiment_id}/runs?" in text
     assert f"viewStateShareKey={report.ui_view}&compareRunsMode=CHART" in text
     assert f"mlflow ui --backend-store-uri {uri}" in text
+
+
+def test_other_mlflow_versions_get_a_filtered_runs_link_not_a_saved_view(
+    store, experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, client = store
+    add_sweep(client, experiment, "2026-01-01_17-00-00", loader_sweep())
+    monkeypatch.setattr("loaderlab.report.ui_view.view_supported", lambda: False)
+    report = make_report(uri, experiment, out=tmp_path)
+    assert report.ui_view is None
+    tags = client.get_experiment_by_name(experiment).tags
+    assert not any(k.startswith("mlflow.sharedViewState.") for k in tags)
+    assert "searchFilter=tags.sweep_id%20%3D%20%272026-01-01_17-00-00%27" in report.render(uri)
+    colours = {r.data.tags["loader"]: r.data.tags["mlflow.runColor"] for r in report_runs(client, report)}
+    assert len(set(colours.values())) == len(LOADERS)  # the public run-colour tag is still set
+
+
+def report_runs(client: MlflowClient, report) -> list:
+    return [client.get_run(run_id) for run_id in report.sweep.jobs["run_id"]]
+
+
+def test_a_new_loader_yaml_gets_its_own_row_and_colour(store, experiment: str, tmp_path: Path) -> None:
+    from loaderlab.report.chart import loader_colours
+
+    conf = tmp_path / "conf"
+    (conf / "loader").mkdir(parents=True)
+    for name in (*LOADERS, "mine"):
+        (conf / "loader" / f"{name}.yaml").write_text("_target_: x\n")
+    colours = loader_colours(["mine", "tfdata"], conf_dir=conf)
+    assert len(set(colours.values())) == len(colours) == len(LOADERS) + 1
+    uri, client = store
+    TARGETS["mine"] = "my.loaders.Mine"
+    try:
+        add_sweep(
+            client, experiment, "2026-01-01_18-00-00", [finished("mine", 900, 500), finished("tfdata", 9, 5)]
+        )
+    finally:
+        del TARGETS["mine"]
+    report = make_report(uri, experiment, out=tmp_path)
+    assert report.table.column("loader") == ["mine", "tfdata"]
