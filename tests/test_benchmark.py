@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import TINY as TINY_DATA
 from loaderlab import PROJECT_ROOT
 from loaderlab.benchmark import (
     DECODE_LIMIT,
@@ -22,11 +25,30 @@ from loaderlab.benchmark import (
     default_entries,
     format_table,
     merge_limits,
-    parse_args,
     run_benchmark,
 )
+from loaderlab.benchmark.entries import check_entries
+from loaderlab.benchmark.measure import KERAS_PATH, measure_entry
+from loaderlab.data.manifest import DatasetError
+from loaderlab.utils.paths import OUTPUTS
 
-TINY = {"num_images": 64, "image_size": 32, "input_size": 32, "batch_size": 16, "passes": 1}
+TINY = {"input_size": 32, "batch_size": 16, "passes": 1}
+AUTOTUNE_OFF = "tfdata loader.autotune=false"
+
+
+def load_cli():
+    """src/benchmark.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_cli", PROJECT_ROOT / "src" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under root with its size and mtime."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+    }
 
 
 def runs_of(tracking_uri: str, benchmark_id: str) -> dict[str, object]:
@@ -39,11 +61,11 @@ def runs_of(tracking_uri: str, benchmark_id: str) -> dict[str, object]:
     return by_entry
 
 
-def config(tmp_path: Path, tracking_uri: str, **overrides) -> BenchmarkConfig:
-    """A tiny invocation with every output under tmp_path."""
+def config(tmp_path: Path, tracking_uri: str, root: Path, **overrides) -> BenchmarkConfig:
+    """A tiny invocation on an existing folder, with every output under tmp_path."""
     return BenchmarkConfig(
         **{**TINY, **overrides},
-        root=str(tmp_path / "data"),
+        root=str(root),
         tracking_uri=tracking_uri,
         artifact_location=str(tmp_path / "artifacts"),
         out=str(tmp_path / "results.json"),
@@ -51,17 +73,22 @@ def config(tmp_path: Path, tracking_uri: str, **overrides) -> BenchmarkConfig:
     )
 
 
-def test_every_entry_runs_in_its_own_process_and_is_logged(tmp_path: Path, tracking_uri: str) -> None:
-    """The real thing, tiny: all default entries, a positive rate each, ratios to the same limit."""
-    report = run_benchmark(config(tmp_path, tracking_uri))
+def test_every_entry_runs_in_its_own_process_and_is_logged(
+    tmp_path: Path, tracking_uri: str, tiny_root: Path
+) -> None:
+    """The real thing, tiny: all default entries plus one with overrides, ratios to the same limit."""
+    before = tree(tiny_root)
+    entries = [*default_entries(), AUTOTUNE_OFF]
+    report = run_benchmark(config(tmp_path, tracking_uri, tiny_root, entries=entries))
     benchmark_id, results, table = report.benchmark_id, report.results, report.table
+    assert tree(tiny_root) == before  # the dataset was only read
 
-    assert [r.entry for r in results] == default_entries()
+    assert [r.entry for r in results] == entries
     by_entry = {r.entry: r for r in results}
     limit = by_entry[DECODE_LIMIT].images_per_sec
     assert len(by_entry[DECODE_LIMIT].pass_images_per_sec) == 2  # measured first and last
     for r in results:
-        assert r.images_per_sec > 0 and r.images_per_pass == TINY["num_images"], r.entry
+        assert r.images_per_sec > 0 and r.images_per_pass == TINY_DATA["num_images"], r.entry
         assert r.peak_rss_mb >= r.baseline_rss_mb > 0, r.entry
         assert r.entry in table
     assert by_entry[KERAS_FROM_DIRECTORY].peak_rss_mb > by_entry[DECODE_LIMIT].peak_rss_mb  # TF is loaded
@@ -72,20 +99,23 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(tmp_path: Path, track
         assert row["ratio_to_limit"] == pytest.approx(row["images_per_sec"] / limit)
 
     runs = runs_of(tracking_uri, benchmark_id)
-    assert set(runs) == set(default_entries())
+    assert set(runs) == set(entries)
     for entry, run in runs.items():
         metrics, params = run.data.metrics, run.data.params
         assert run.info.status == "FINISHED"
         assert metrics["images_per_sec"] == pytest.approx(by_entry[entry].images_per_sec)
         assert metrics["ratio_to_limit"] == pytest.approx(metrics["images_per_sec"] / limit)
         assert metrics["peak_rss_mb"] > 0
-        assert params["num_images"] == "64" and params["batch_size"] == "16" and params["input_size"] == "32"
+        assert params["num_images"] == str(TINY_DATA["num_images"]) and params["batch_size"] == "16"
+        assert params["image_size_median"] == params["image_size_max"] == "40x40"
         assert int(params["cores"]) >= 1
     assert runs[DECODE_LIMIT].data.metrics["ratio_to_limit"] == pytest.approx(1.0)
     assert runs[DECODE_LIMIT].data.metrics["one_core_images_per_sec"] == pytest.approx(
         limit / int(runs[DECODE_LIMIT].data.params["cores"])
     )
-    assert runs["sequence"].data.params["loader.workers"] == runs["sequence"].data.params["cores"]
+    assert runs["tfdata"].data.params["loader.autotune"] == "True"
+    assert runs[AUTOTUNE_OFF].data.params["loader.autotune"] == "False"
+    assert runs["tfdata"].data.params["batch_path"] == KERAS_PATH  # how batches were pulled, on record
 
 
 def fake_result(entry: str, rate: float) -> EntryResult:
@@ -94,7 +124,7 @@ def fake_result(entry: str, rate: float) -> EntryResult:
 
 
 def test_a_failed_entry_is_recorded_and_the_others_still_logged(
-    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tracking_uri: str, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No subprocesses: run_child is faked, so this checks the orchestration alone."""
     limits = iter([1000.0, 3000.0])  # first and last measurement of the limit
@@ -104,8 +134,8 @@ def test_a_failed_entry_is_recorded_and_the_others_still_logged(
             raise EntryFailedError("entry 'sequence' failed (exit 1):\nboom")
         return fake_result(entry, next(limits) if entry == DECODE_LIMIT else 600.0)
 
-    monkeypatch.setattr("loaderlab.benchmark.run_child", fake_child)
-    report = run_benchmark(config(tmp_path, tracking_uri, cores=2))
+    monkeypatch.setattr("loaderlab.benchmark.runner.run_child", fake_child)
+    report = run_benchmark(config(tmp_path, tracking_uri, tiny_root, cores=2))
 
     assert "sequence" not in {r.entry for r in report.results} and set(report.failures) == {"sequence"}
     limit = 2 / (1 / 1000 + 1 / 3000)  # images over time across both measurements
@@ -129,13 +159,57 @@ def test_table_shows_ratio_and_one_core_rate() -> None:
 
 
 def test_entries_parse_and_the_limit_is_always_measured() -> None:
-    cfg = parse_args(["--entries", "tfdata,sequence", "--passes", "3"])
-    assert cfg.passes == 3 and cfg.selected_entries() == [DECODE_LIMIT, "sequence", "tfdata"]
-    assert parse_args([]).selected_entries() == default_entries()
+    cfg = load_cli().parse_args(["--entries", "tfdata,sequence", AUTOTUNE_OFF, "--passes", "3"])
+    assert cfg.passes == 3 and cfg.entries == ["tfdata", "sequence", AUTOTUNE_OFF]
+    assert check_entries(cfg.entries) == [DECODE_LIMIT, "tfdata", "sequence", AUTOTUNE_OFF]
+    assert load_cli().parse_args([]).entries is None
+    assert "tfdata_service" not in default_entries()  # it needs servers started first
     with pytest.raises(ValueError, match="Unknown benchmark entries"):
-        BenchmarkConfig(entries=["nope"]).selected_entries()
-    default_root = BenchmarkConfig().dataset_root()
-    assert default_root == PROJECT_ROOT / "outputs" / "datasets" / "synthetic-n2000-px256-c4-s0"
+        check_entries(["nope"])
+    with pytest.raises(ValueError, match="loader.<knob>"):
+        check_entries(["tfdata data.channels=1"])
+
+
+def test_the_synthetic_set_is_named_and_placed_as_data_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loaderlab.benchmark.runner import _synthetic_dataset
+
+    monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: None)  # no generation here
+    root = _synthetic_dataset(BenchmarkConfig(num_images=2000, image_size=256, progress=False))
+    assert root == OUTPUTS / "datasets" / "synthetic-n2000-px256-c4-s0"
+
+
+def test_a_read_only_folder_is_benchmarked_and_left_unchanged(tmp_path: Path, tracking_uri: str, tiny_root):
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_root, data)
+    for path in [data, *data.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = tree(data)
+    try:
+        report = run_benchmark(config(tmp_path, tracking_uri, data, entries=[DECODE_LIMIT]))
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert tree(data) == before
+    assert report.dataset.num_images == TINY_DATA["num_images"] and not report.dataset.synthetic
+    assert report.results[0].images_per_pass == TINY_DATA["num_images"]
+
+
+def test_a_missing_folder_stops_with_a_message_and_creates_nothing(tmp_path: Path, tracking_uri: str, capsys):
+    missing = tmp_path / "nowhere"
+    args = ["--root", str(missing), "--tracking-uri", tracking_uri, "--entries", DECODE_LIMIT]
+    assert load_cli().main(args) == 1
+    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+    with pytest.raises(DatasetError):
+        run_benchmark(config(tmp_path, tracking_uri, missing, entries=[DECODE_LIMIT]))
+
+
+def test_a_new_loader_yaml_is_benchmarked_with_no_edits(tmp_path: Path, tiny_root: Path) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf", conf)
+    (conf / "loader" / "mine.yaml").write_text("_target_: loaderlab.loaders.generator.GeneratorLoader\n")
+    assert "mine" in default_entries(conf)
+    result = measure_entry("mine", str(tiny_root), 32, 16, 1, 2, conf_dir=conf)
+    assert result.images_per_pass == TINY_DATA["num_images"] and result.images_per_sec > 0
 
 
 def test_cli_help() -> None:
@@ -145,7 +219,15 @@ def test_cli_help() -> None:
         text=True,
         check=True,
     ).stdout
-    for flag in ("--num-images", "--image-size", "--input-size", "--batch-size", "--passes", "--entries"):
+    for flag in (
+        "--root",
+        "--num-images",
+        "--image-size",
+        "--input-size",
+        "--batch-size",
+        "--passes",
+        "--entries",
+    ):
         assert flag in out
 
 

@@ -40,6 +40,7 @@ class Loader(ABC):
 
     name: ClassVar[str]
     streaming: ClassVar[bool] = True  # False: holds every decoded image in memory
+    needs_service: ClassVar[bool] = False  # True: servers must be started first (left out of default runs)
 
     @abstractmethod
     def feed(

@@ -8,6 +8,7 @@ from keras.utils import PyDataset
 from loaderlab.data.manifest import Split
 from loaderlab.loaders.base import Feed, Loader, num_batches
 from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.utils.system import usable_cores
 
 
 class PathBatches(PyDataset):
@@ -44,9 +45,11 @@ class SequenceLoader(Loader):
 
     name = "sequence"
 
-    def __init__(self, workers: int = 2, use_multiprocessing: bool = False, max_queue_size: int = 10):
+    def __init__(
+        self, workers: int | None = None, use_multiprocessing: bool = False, max_queue_size: int = 10
+    ):
         self.pydataset_kwargs = {
-            "workers": workers,
+            "workers": workers or usable_cores(),
             "use_multiprocessing": use_multiprocessing,
             "max_queue_size": max_queue_size,
         }

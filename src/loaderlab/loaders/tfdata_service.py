@@ -32,7 +32,7 @@ class TFDataServiceLoader(Loader):
     """Shuffle and batch paths locally; read, decode and resize on the service's workers."""
 
     name = "tfdata_service"
-    supports_multiworker = True
+    needs_service = True
 
     def __init__(
         self,

@@ -1,0 +1,34 @@
+"""The benchmark's child process: measure one entry and print it as one JSON line (run by the runner)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from loaderlab.benchmark.measure import measure_entry
+
+RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the JSON line among any library output
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m loaderlab.benchmark._child --entry X ...`: measure, print, exit."""
+    parser = argparse.ArgumentParser(description="Measure one benchmark entry (started by src/benchmark.py).")
+    for flag in ("--entry", "--root", "--conf-dir"):
+        parser.add_argument(flag, required=True)
+    for flag in ("--input-size", "--batch-size", "--passes", "--cores"):
+        parser.add_argument(flag, type=int, required=True)
+    args = parser.parse_args(argv)
+    result = measure_entry(
+        args.entry, args.root, args.input_size, args.batch_size, args.passes, args.cores, Path(args.conf_dir)
+    )
+    print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
+    # Skip interpreter teardown: TF's from_generator threads can abort it after the result is out.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

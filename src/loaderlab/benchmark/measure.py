@@ -1,0 +1,252 @@
+"""Measuring one entry, in the process that runs it: warm-up, timed passes, memory sampled throughout."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loaderlab.benchmark.entries import (
+    CONF_DIR,
+    DECODE_LIMIT,
+    KERAS_FROM_DIRECTORY,
+    loader_config,
+    split_entry,
+)
+from loaderlab.utils.system import MB
+
+SEED = 0  # the shuffle seed of training passes
+KERAS_PATH = "keras_TFEpochIterator"  # batches pulled as model.fit pulls them
+PLAIN_PATH = "plain_iteration"  # a Keras without that internal: the input iterated directly
+
+
+@dataclass
+class EntryResult:
+    """What one entry measured in its own process."""
+
+    entry: str
+    images_per_sec: float
+    pass_images_per_sec: list[float]
+    images_per_pass: int
+    peak_rss_mb: float
+    baseline_rss_mb: float
+    rss_method: str
+    params: dict[str, Any] = field(default_factory=dict)  # the entry's own knobs and how it was timed
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def mean_rate(rates: Sequence[float]) -> float:
+    """Images over time across passes (the harmonic mean of equal-sized passes)."""
+    return len(rates) / sum(1.0 / r for r in rates)
+
+
+def measure_entry(
+    entry: str,
+    root: str,
+    input_size: int,
+    batch_size: int,
+    passes: int,
+    cores: int,
+    conf_dir: Path = CONF_DIR,
+) -> EntryResult:
+    """Measure one entry in this process: one warm-up pass, then `passes` timed ones."""
+    from loaderlab.data.folder import scan_class_folders
+    from loaderlab.data.manifest import make_split
+    from loaderlab.loaders.decode import ImageDecoder, ImageSpec
+    from loaderlab.monitor import MemorySampler
+
+    name, overrides = split_entry(entry)
+    if name != DECODE_LIMIT:
+        import tensorflow as tf  # noqa: F401  imported before the baseline, as in a training run
+
+    paths, labels, _ = scan_class_folders(root)
+    split = make_split(paths, labels)
+    spec = ImageSpec(input_size, input_size, 3)
+    decoder = ImageDecoder(spec)  # also tunes the allocator as the loaders run it: every entry shares it
+    sampler = MemorySampler()
+    baseline = sampler.sample()
+    sampler.interval_s = _sampling_interval(sampler)
+    sampler.start()
+    try:
+        if name == DECODE_LIMIT:
+            run_pass, params = _decode_limit_pass(split, spec), {}
+        elif name == KERAS_FROM_DIRECTORY:
+            run_pass, params = _fit_pass_runner({"x": _keras_from_directory(root, input_size, batch_size)})
+        else:
+            run_pass, params = _loader_pass(name, overrides, conf_dir, split, decoder, batch_size)
+        rates, images = _timed_passes(run_pass, passes, after_pass=sampler.sample)
+    finally:
+        peak = sampler.stop()
+    extra: dict[str, float] = {}
+    if name == DECODE_LIMIT:  # one thread's rate; the limit is that rate on every core
+        extra["one_core_images_per_sec"] = mean_rate(rates)
+        rates = [r * cores for r in rates]
+    return EntryResult(
+        entry=entry,
+        images_per_sec=mean_rate(rates),
+        pass_images_per_sec=rates,
+        images_per_pass=images,
+        peak_rss_mb=peak / MB,
+        baseline_rss_mb=baseline / MB,
+        rss_method=sampler.method,
+        params={**params, "memory_interval_s": round(sampler.interval_s, 3)},
+        extra_metrics=extra,
+    )
+
+
+def _timed_passes(
+    run_pass: Callable[[], int], passes: int, after_pass: Callable[[], object] | None = None
+) -> tuple[list[float], int]:
+    """One untimed warm-up pass, then `passes` timed ones; returns per-pass images/s and images.
+
+    `after_pass` runs after each pass, outside the timing (a memory sample while its data is alive).
+    """
+    images = run_pass()  # warm-up: tracing, thread pools and the page cache are not the loader's cost
+    if after_pass:
+        after_pass()
+    rates = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        counted = run_pass()
+        elapsed = time.perf_counter() - start
+        if after_pass:
+            after_pass()
+        if counted != images:
+            raise RuntimeError(f"a pass yielded {counted} images, the warm-up {images}")
+        rates.append(counted / elapsed)
+    return rates, images
+
+
+def _fit_pass_runner(fit_kwargs: dict[str, Any]) -> tuple[Callable[[], int], dict[str, str]]:
+    """One epoch of batches through model.fit's own data path, minus the model; and which path ran.
+
+    Keras' TF trainer wraps every input (tf.data, PyDataset, generator) in a TFEpochIterator and
+    pulls each batch inside a tf.function; doing the same counts the wrapping costs fit pays. It is
+    a Keras internal, so the path taken is recorded: a Keras upgrade cannot change the figures unseen.
+    """
+    import tensorflow as tf
+
+    try:
+        from keras.src.backend.tensorflow.trainer import TFEpochIterator
+    except ImportError:
+        return _plain_pass_runner(fit_kwargs), {"batch_path": PLAIN_PATH}
+
+    epochs = TFEpochIterator(
+        x=fit_kwargs["x"],
+        steps_per_epoch=fit_kwargs.get("steps_per_epoch"),
+        shuffle=False,
+        distribute_strategy=tf.distribute.get_strategy(),
+    )
+    epochs.reset()
+
+    @tf.function
+    def step(iterator: Any) -> tf.Tensor:
+        images, labels = next(iterator)[:2]
+        # Touch the pixels, as a model's first layer would, so nothing can be skipped.
+        return tf.shape(labels)[0] + 0 * tf.cast(tf.reduce_max(images[:, 0, 0]), tf.int32)
+
+    def run_pass() -> int:
+        count = 0
+        with epochs.catch_stop_iteration():
+            for _begin, _end, iterator in epochs:
+                count += int(step(iterator))
+        return count
+
+    return run_pass, {"batch_path": KERAS_PATH}
+
+
+def _plain_pass_runner(fit_kwargs: dict[str, Any]) -> Callable[[], int]:
+    """One epoch by plain iteration, each batch copied to NumPy."""
+    import numpy as np
+
+    x, steps = fit_kwargs["x"], fit_kwargs.get("steps_per_epoch")
+
+    def batches() -> Iterable:
+        if steps:  # an endless generator
+            return itertools.islice(x, steps)
+        if hasattr(x, "__getitem__"):  # a PyDataset
+            return (x[i] for i in range(len(x)))
+        return x  # a tf.data.Dataset
+
+    def run_pass() -> int:
+        count = 0
+        for images, labels, *_ in batches():
+            np.asarray(images).max()  # touch the pixels
+            count += len(np.asarray(labels))
+        return count
+
+    return run_pass
+
+
+def _sampling_interval(sampler: Any, floor_s: float = 0.05, max_share: float = 0.02) -> float:
+    """An interval at which memory sampling takes at most `max_share` of one core.
+
+    A PSS sample of a process that maps TensorFlow walks every mapping; sampled too often it would
+    take the very cores being timed. Samples after each pass, outside the timing, catch what a pass
+    holds at its end.
+    """
+    costs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sampler.sample()
+        costs.append(time.perf_counter() - start)
+    return max(floor_s, sorted(costs)[1] / max_share)
+
+
+def _decode_limit_pass(split: Any, spec: Any) -> Callable[[], int]:
+    """One pass of decode_resize over every file, in this one thread."""
+    import cv2
+
+    from loaderlab.loaders.decode import decode_resize
+
+    cv2.setNumThreads(1)  # one core means one thread: OpenCV's own pool would inflate the rate
+
+    def run_pass() -> int:
+        for path in split.paths:
+            decode_resize(path, spec)
+        return len(split)
+
+    return run_pass
+
+
+def _keras_from_directory(root: str, input_size: int, batch_size: int) -> Any:
+    """The peer: keras.utils.image_dataset_from_directory at the same sizes."""
+    import keras
+    import tensorflow as tf
+
+    return keras.utils.image_dataset_from_directory(
+        root,
+        labels="inferred",
+        batch_size=batch_size,
+        image_size=(input_size, input_size),
+        shuffle=False,
+        verbose=False,
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def _loader_pass(
+    name: str, overrides: list[str], conf_dir: Path, split: Any, decoder: Any, batch_size: int
+) -> tuple[Callable[[], int], dict[str, Any]]:
+    """One training pass of a loader built from its composed config, and its knobs as params."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = loader_config(name, overrides, conf_dir)
+    params = {f"loader.{k}": v for k, v in OmegaConf.to_container(cfg, resolve=True).items()}
+    loader = instantiate(cfg)
+    if loader.streaming:
+        feed = loader.feed(split, decoder, batch_size, training=True, seed=SEED)
+        run_pass, path = _fit_pass_runner(feed.fit_kwargs())
+        return run_pass, params | path
+    held: list[Any] = []
+
+    def run_pass() -> int:
+        # Loading the array is this loader's whole input cost; fit then only slices memory.
+        held.clear()  # the previous pass's array goes first, as it would in a fresh run
+        held.append(loader.feed(split, decoder, batch_size, training=True, seed=SEED))
+        return len(held[0].y)  # held until the sample after the pass has seen it
+
+    return run_pass, params

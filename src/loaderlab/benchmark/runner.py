@@ -1,0 +1,270 @@
+"""Running an invocation: the dataset, every entry in a fresh process, the table, one MLflow run per entry.
+
+A fresh process per entry keeps peak memory honest: no entry inherits another's heap, threads or caches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import median
+
+from loaderlab.benchmark._child import RESULT_PREFIX
+from loaderlab.benchmark.entries import CONF_DIR, DECODE_LIMIT, check_entries, default_entries
+from loaderlab.benchmark.measure import EntryResult, mean_rate
+from loaderlab.utils.paths import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, OUTPUTS
+from loaderlab.utils.system import usable_cores
+
+EXPERIMENT = "loaderlab-benchmark"
+SIZE_SAMPLE = 200  # files whose pixel size the header reports
+
+
+class EntryFailedError(RuntimeError):
+    """An entry's child process failed; the message holds the tail of its output."""
+
+
+@dataclass
+class BenchmarkConfig:
+    """One invocation's settings; the CLI flags map one to one."""
+
+    num_images: int = 2000  # synthetic set only
+    image_size: int = 256  # px on disk, synthetic set only
+    input_size: int = 224  # px after resize
+    batch_size: int = 64
+    passes: int = 2
+    entries: list[str] | None = None  # None: default_entries()
+    root: str | None = None  # an existing class-folder dataset, only read; None: the synthetic set
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    artifact_location: str = str(DEFAULT_ARTIFACTS)
+    out: str | None = None  # None: outputs/benchmarks/<benchmark_id>.json
+    cores: int | None = None  # None: usable_cores()
+    child_timeout_s: float = 900.0  # a hung entry (say, a server that never answers) fails
+    progress: bool = True
+    conf_dir: Path = CONF_DIR
+
+
+@dataclass
+class Dataset:
+    """What is measured: the folder, its image count and pixel sizes (height, width) of a sample."""
+
+    root: Path
+    num_images: int
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    synthetic: bool = True
+
+    def describe(self) -> dict[str, str | int]:
+        """Params: count, and the median and range of the sampled sizes, as HxW."""
+        if not self.sizes:
+            return {"num_images": self.num_images}
+        by_area = sorted(self.sizes, key=lambda s: s[0] * s[1])
+        mid = (int(median(h for h, _ in self.sizes)), int(median(w for _, w in self.sizes)))
+        return {
+            "num_images": self.num_images,
+            "image_size_median": f"{mid[0]}x{mid[1]}",
+            "image_size_min": f"{by_area[0][0]}x{by_area[0][1]}",
+            "image_size_max": f"{by_area[-1][0]}x{by_area[-1][1]}",
+            "image_sizes_sampled": len(self.sizes),
+        }
+
+
+@dataclass
+class BenchmarkReport:
+    """One invocation's outcome."""
+
+    benchmark_id: str
+    dataset: Dataset
+    results: list[EntryResult]  # table order; failed entries are left out
+    failures: dict[str, str]  # entry -> error
+    limit: float  # images/s
+    table: str
+    out: Path  # the results JSON
+
+
+def prepare_dataset(cfg: BenchmarkConfig) -> Dataset:
+    """The user's folder, read as it is; or the synthetic set, generated under outputs/datasets/ if absent."""
+    from loaderlab.data.folder import scan_class_folders
+
+    if cfg.root is not None:
+        root, synthetic = Path(cfg.root).expanduser().resolve(), False
+    else:
+        root, synthetic = _synthetic_dataset(cfg), True
+    paths, _, _ = scan_class_folders(root)  # a DatasetError says what is wrong with a user's folder
+    return Dataset(root, len(paths), _sample_sizes(paths), synthetic)
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
+    """Run the invocation: measure, log one MLflow run per entry, write the results JSON."""
+    from loaderlab.tracking import connect, git_commit
+
+    entries = check_entries(cfg.entries or default_entries(cfg.conf_dir), cfg.conf_dir)
+    cores = cfg.cores or usable_cores()
+    experiment_id = connect(cfg.tracking_uri, EXPERIMENT, cfg.artifact_location)  # a bad URI fails first
+    dataset = prepare_dataset(cfg)
+    benchmark_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    tags = {"benchmark_id": benchmark_id, "git_commit": git_commit(), "device": "CPU (input pipeline only)"}
+    params = {
+        **dataset.describe(),
+        "input_size": cfg.input_size,
+        "batch_size": cfg.batch_size,
+        "passes": cfg.passes,
+        "cores": cores,
+        "channels": 3,
+        "dataset": str(dataset.root),
+    }
+    measured, failures = _measure_all(entries, cfg, dataset.root, cores, f"benchmark {benchmark_id}")
+    limit = measured[DECODE_LIMIT].images_per_sec
+    results = [measured[e] for e in entries if e in measured]
+    for result in results:  # logged once the limit is final, in table order
+        metrics = {
+            "images_per_sec": result.images_per_sec,
+            "ratio_to_limit": result.images_per_sec / limit,
+            "peak_rss_mb": result.peak_rss_mb,
+            "baseline_rss_mb": result.baseline_rss_mb,
+            **result.extra_metrics,
+        }
+        run_tags = {**tags, "rss_method": result.rss_method}
+        _log_run(experiment_id, result.entry, run_tags, {**params, **result.params}, metrics)
+    for entry, error in failures.items():
+        _log_run(experiment_id, entry, tags, params, error=error)
+    out = Path(cfg.out) if cfg.out else OUTPUTS / "benchmarks" / f"{benchmark_id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) | {"ratio_to_limit": r.images_per_sec / limit} for r in results]
+    summary = {"benchmark_id": benchmark_id, "tracking_uri": cfg.tracking_uri, "params": params}
+    out.write_text(
+        json.dumps(summary | {"decode_limit": limit, "results": rows, "failed": failures}, indent=2)
+    )
+    return BenchmarkReport(
+        benchmark_id, dataset, results, failures, limit, format_table(results, limit, cores), out
+    )
+
+
+def run_child(entry: str, cfg: BenchmarkConfig, root: Path, cores: int) -> EntryResult:
+    """Measure one entry in a fresh Python process and parse its JSON line."""
+    cmd = [
+        sys.executable, "-m", "loaderlab.benchmark._child", f"--entry={entry}", f"--root={root}",
+        f"--conf-dir={cfg.conf_dir}", f"--input-size={cfg.input_size}", f"--batch-size={cfg.batch_size}",
+        f"--passes={cfg.passes}", f"--cores={cores}",
+    ]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=cfg.child_timeout_s)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        raise EntryFailedError(f"entry '{entry}' failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return EntryResult(**json.loads(lines[-1].removeprefix(RESULT_PREFIX)))
+
+
+def merge_limits(first: EntryResult, last: EntryResult) -> EntryResult:
+    """The decode limit over both of its measurements: rates over all passes, the higher peak."""
+    rates = first.pass_images_per_sec + last.pass_images_per_sec
+    one_core = [r.extra_metrics["one_core_images_per_sec"] for r in (first, last)]
+    return EntryResult(
+        entry=first.entry,
+        images_per_sec=mean_rate(rates),
+        pass_images_per_sec=rates,
+        images_per_pass=first.images_per_pass,
+        peak_rss_mb=max(first.peak_rss_mb, last.peak_rss_mb),
+        baseline_rss_mb=first.baseline_rss_mb,
+        rss_method=first.rss_method,
+        params=first.params,
+        extra_metrics={
+            "one_core_images_per_sec": mean_rate(one_core),
+            "one_core_images_per_sec_first": one_core[0],
+            "one_core_images_per_sec_last": one_core[1],
+        },
+    )
+
+
+def format_table(results: Iterable[EntryResult], limit: float, cores: int) -> str:
+    """The table: entry, images/s, ratio to the limit, peak and baseline memory."""
+    results = list(results)
+    width = max([36, *(len(r.entry) for r in results)])
+    head = f"{'entry':<{width}} {'images/s':>9} {'ratio':>6} {'peak MB':>8} {'base MB':>8}"
+    rows = [head, "-" * len(head)]
+    for r in results:
+        rows.append(
+            f"{r.entry:<{width}} {r.images_per_sec:>9.0f} {r.images_per_sec / limit:>6.2f} "
+            f"{r.peak_rss_mb:>8.0f} {r.baseline_rss_mb:>8.0f}"
+        )
+        if r.entry == DECODE_LIMIT:
+            one = r.extra_metrics["one_core_images_per_sec"]
+            rows.append(
+                f"{'  (one core, x' + str(cores) + ' = limit)':<{width}} {one:>9.0f} {one / limit:>6.2f}"
+            )
+    return "\n".join(rows)
+
+
+def _measure_all(
+    entries: list[str], cfg: BenchmarkConfig, root: Path, cores: int, label: str
+) -> tuple[dict[str, EntryResult], dict[str, str]]:
+    """Every entry in turn, each in a fresh process; the decode limit once more at the end."""
+    results: dict[str, EntryResult] = {}
+    failures: dict[str, str] = {}
+    # The limit is measured first and again last, so a machine that speeds up or slows down
+    # during the invocation (other jobs, thermal limits) does not skew every ratio one way.
+    for entry in [*entries, DECODE_LIMIT]:  # one at a time: concurrent entries would share the cores
+        if cfg.progress:
+            print(f"[{label}] {entry} ...", flush=True)
+        try:
+            result = run_child(entry, cfg, root, cores)
+        except (EntryFailedError, subprocess.TimeoutExpired) as e:
+            if entry == DECODE_LIMIT and entry not in results:
+                raise  # without the limit no ratio means anything
+            print(f"  FAILED: {e}", file=sys.stderr, flush=True)
+            failures.setdefault(entry, str(e))
+            continue
+        if cfg.progress:
+            print(f"  {result.images_per_sec:,.0f} images/s, peak {result.peak_rss_mb:,.0f} MB", flush=True)
+        results[entry] = merge_limits(results[entry], result) if entry in results else result
+    failures = {e: error for e, error in failures.items() if e not in results}  # a limit re-measured fine
+    return results, failures
+
+
+def _log_run(
+    experiment_id: str, entry: str, tags: dict, params: dict, metrics: dict | None = None, error: str = ""
+) -> None:
+    """One MLflow run for one entry: FINISHED with its metrics, or FAILED with the error."""
+    import mlflow
+
+    from loaderlab.tracking import tracked_run
+
+    try:
+        with tracked_run(experiment_id, run_name=entry, tags={**tags, "entry": entry}):
+            mlflow.log_params(params)
+            if error:
+                raise EntryFailedError(error)
+            mlflow.log_metrics(metrics or {})
+    except EntryFailedError:
+        pass  # tracked_run recorded it and ended the run FAILED
+
+
+def _synthetic_dataset(cfg: BenchmarkConfig) -> Path:
+    """The synthetic set as `data=synthetic` names and draws it, generated under outputs/datasets/."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    overrides = [f"data.num_images={cfg.num_images}", f"data.image_size={cfg.image_size}"]
+    with initialize_config_dir(config_dir=str(cfg.conf_dir), version_base="1.3"):
+        data = compose("config", overrides=["data=synthetic", *overrides]).data
+    instantiate(data.manifest, progress=cfg.progress)
+    return Path(data.root)
+
+
+def _sample_sizes(paths: list[str]) -> list[tuple[int, int]]:
+    """(height, width) of up to SIZE_SAMPLE files spread over the dataset."""
+    import cv2
+
+    step = max(1, len(paths) // SIZE_SAMPLE)
+    sizes = []
+    for path in paths[::step][:SIZE_SAMPLE]:
+        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            sizes.append(image.shape[:2])
+    return sizes
