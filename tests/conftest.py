@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -13,6 +15,9 @@ from loaderlab import PROJECT_ROOT
 from loaderlab.data.synthetic import generate
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every process the suite starts inherits this mark, so one left behind is found even once orphaned.
+SUITE_MARK = ("LOADERLAB_TEST_SUITE", f"{os.getpid()}-{time.time_ns()}")
+os.environ[SUITE_MARK[0]] = SUITE_MARK[1]
 CONF_DIR = str(PROJECT_ROOT / "conf")
 
 # Small enough to train in seconds, big enough for a stratified split and several batches.
@@ -65,3 +70,32 @@ def make_cfg(tmp_path: Path, tiny_root: Path, tracking_uri: str):
         return cfg
 
     return make
+
+
+def suite_processes() -> list[psutil.Process]:
+    """Live processes, other than this one, started by this test session (however deep or orphaned)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            ours = proc.environ().get(SUITE_MARK[0]) == SUITE_MARK[1]
+            # This process's own multiprocessing resource tracker exits with it.
+            own_tracker = proc.ppid() == os.getpid() and "resource_tracker" in " ".join(proc.cmdline())
+            if ours and proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and not own_tracker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """After the whole suite: no process it started is still running (waited for, generously)."""
+    yield
+    deadline = time.monotonic() + 60
+    while (left := suite_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        described = [(p.pid, " ".join(p.cmdline())[:200]) for p in left]
+        for proc in left:
+            proc.kill()
+        pytest.fail(f"the test suite left {len(left)} process(es) running: {described}")

@@ -71,6 +71,11 @@ def test_sweep_isolates_jobs_under_one_parent_and_survives_a_failure(tmp_path: P
     assert {r.data.tags["process_isolated"] for r in children} == {"true"}
     assert {r.data.tags["sweep_id"] for r in children} == {parent.data.tags["sweep_id"]}
     assert parent.info.status == "FAILED"
+    # Run names tell the jobs apart by what the sweep varies, a failed job's too.
+    assert {r.info.run_name for r in children} == {
+        "generator-small_cnn batch.train=0",
+        "generator-small_cnn batch.train=16",
+    }
 
 
 def test_sweep_in_one_process_says_so(tmp_path: Path, tiny_root: Path) -> None:

@@ -94,6 +94,20 @@ def test_csv_paths_are_relative_to_the_table(tmp_path: Path) -> None:
     assert np.bincount(m.val.labels).tolist() == [1, 1]
 
 
+def test_a_spreadsheet_csv_with_bom_crlf_quotes_and_extra_columns(tmp_path: Path) -> None:
+    make_folder_dataset(tmp_path / "imgs", {"a": 4, "b": 4})
+    odd = tmp_path / "imgs" / "a" / "cats, sleeping.jpg"  # a comma in the name: quoted in the CSV
+    (tmp_path / "imgs" / "a" / "000.jpg").rename(odd)
+    rows = ['"imgs/a/cats, sleeping.jpg",a,first one']
+    rows += [f"imgs/{c}/{i:03d}.jpg,{c},note {i}" for c in "ab" for i in range(4) if (c, i) != ("a", 0)]
+    table = tmp_path / "export.csv"
+    table.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(["path,label,notes", *rows, ""]).encode())
+    m = csv_manifest(str(table), val_fraction=0.25)
+    assert m.class_names == ("a", "b")
+    assert str(odd) in m.train.paths + m.val.paths
+    assert len(m.train) + len(m.val) == 8 and all(Path(p).is_file() for p in m.train.paths + m.val.paths)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -1,4 +1,8 @@
-"""Faults in a real process: SIGTERM mid-epoch and a PyDataset worker killed mid-epoch."""
+"""Faults in a real process: every way a run is stopped ends its whole process tree, and the run's status.
+
+Each job starts in a session of its own; after it ends, no process of that session may remain,
+including PyDataset workers the pool started to replace killed ones.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,30 @@ from conftest import TINY
 from loaderlab import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
+PROCESSES = ["loader=sequence", "loader.use_multiprocessing=true", "loader.workers=2"]
+LOADERS = {
+    "inmemory": ["loader=inmemory"],
+    "generator": ["loader=generator"],
+    "sequence-threads": ["loader=sequence", "loader.workers=2"],
+    "sequence-processes": PROCESSES,
+    "tfdata": ["loader=tfdata"],
+}
+
+
+def session_processes(sid: int) -> list[psutil.Process]:
+    """Live processes of a session (zombies hold no memory and are not counted)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            continue
+    return found
 
 
 class TrainProcess:
-    """python src/train.py with worker processes, its output read line by line."""
+    """python src/train.py in a new session, its output read line by line."""
 
     def __init__(self, tmp_path: Path, tiny_root: Path, *overrides: str):
         command = [
@@ -36,15 +60,17 @@ class TrainProcess:
             "trainer.early_stopping_patience=null",
             "batch.train=2",
             "batch.val=16",
-            "loader=sequence",
-            "loader.use_multiprocessing=true",
-            "loader.workers=2",
             "hydra.run.dir=" + str(tmp_path / "run"),
             *overrides,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -54,14 +80,15 @@ class TrainProcess:
         for line in self.proc.stdout:
             self.lines.append(line)
 
-    def wait_for(self, text: str, timeout_s: float = 120) -> None:
+    def wait_for(self, text: str, timeout_s: float = 300) -> None:
+        """Wait for a line of output holding text."""
         deadline = time.monotonic() + timeout_s
         while not any(text in line for line in self.lines):
             assert self.proc.poll() is None, "".join(self.lines[-40:])
             assert time.monotonic() < deadline, f"no {text!r} in time:\n" + "".join(self.lines[-40:])
             time.sleep(0.2)
 
-    def workers(self, timeout_s: float = 10) -> list[psutil.Process]:
+    def workers(self, timeout_s: float = 120) -> list[psutil.Process]:
         """The pool's worker processes, waited for (Keras makes a new pool every epoch)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -69,29 +96,51 @@ class TrainProcess:
             pool = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
             if pool:
                 return pool
-            time.sleep(0.01)
+            time.sleep(0.05)
         raise AssertionError("expected PyDataset worker processes")
 
+    def stop_and_time(self, send, timeout_s: float = 120) -> float:
+        """Stop the job with send(); return the seconds until the main process exited."""
+        start = time.monotonic()
+        send()
+        self.proc.wait(timeout=timeout_s)
+        return time.monotonic() - start
+
+    def assert_session_ends(self, timeout_s: float = 60) -> None:
+        """No process of the job's session is left once the job is over."""
+        deadline = time.monotonic() + timeout_s
+        while (left := session_processes(self.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left]}"
+
+    def kill(self) -> None:
+        """Whatever happened in the test, leave nothing running."""
+        self.proc.kill()
+        for proc in session_processes(self.proc.pid):
+            proc.kill()
+
     def run(self):
+        """The job's MLflow run."""
         client = MlflowClient(f"sqlite:///{self.tmp_path}/mlflow.db")
         experiment = client.get_experiment_by_name("loaderlab")
         [run] = client.search_runs([experiment.experiment_id])
         return run
 
 
-def test_sigterm_mid_epoch_ends_killed_with_checkpoint_and_no_workers(
-    tmp_path: Path, tiny_root: Path
+@pytest.mark.parametrize("loader", list(LOADERS))
+def test_sigterm_mid_epoch_ends_killed_with_the_whole_tree(
+    tmp_path: Path, tiny_root: Path, loader: str
 ) -> None:
-    job = TrainProcess(tmp_path, tiny_root)
+    job = TrainProcess(tmp_path, tiny_root, *LOADERS[loader])
     try:
         job.wait_for("Epoch 3/")
-        workers = job.workers()  # mid-epoch
-        job.proc.send_signal(signal.SIGTERM)
-        assert job.proc.wait(timeout=120) != 0
+        seconds = job.stop_and_time(lambda: job.proc.send_signal(signal.SIGTERM))
+        assert job.proc.returncode != 0
+        job.assert_session_ends()
     finally:
-        job.proc.kill()
-    _, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive, f"worker processes left behind: {alive}"
+        job.kill()
+    print(f"\nSTOP SIGTERM loader={loader} exit_s={seconds:.2f} left=0")
+    assert seconds < 60
     run = job.run()
     assert run.info.status == "KILLED"
     import keras
@@ -100,18 +149,41 @@ def test_sigterm_mid_epoch_ends_killed_with_checkpoint_and_no_workers(
     assert model.output_shape == (None, TINY["num_classes"])
 
 
-def test_a_killed_worker_fails_the_run_instead_of_hanging(tmp_path: Path, tiny_root: Path) -> None:
-    job = TrainProcess(tmp_path, tiny_root, "trainer.stall_timeout_s=8")
+@pytest.mark.parametrize("loader", ["sequence-processes", "tfdata"])
+def test_ctrl_c_to_the_process_group_ends_killed_with_the_whole_tree(
+    tmp_path: Path, tiny_root: Path, loader: str
+) -> None:
+    job = TrainProcess(tmp_path, tiny_root, *LOADERS[loader])
+    try:
+        job.wait_for("Epoch 3/")
+        if loader == "sequence-processes":
+            job.workers()  # the pool is up, and gets the signal too
+        seconds = job.stop_and_time(lambda: os.killpg(job.proc.pid, signal.SIGINT))
+        job.assert_session_ends()
+    finally:
+        job.kill()
+    print(f"\nSTOP SIGINT-group loader={loader} exit_s={seconds:.2f} left=0")
+    assert seconds < 60
+    assert job.run().info.status == "KILLED"
+
+
+def test_a_killed_worker_fails_the_run_and_the_watchdog_ends_the_tree(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    job = TrainProcess(tmp_path, tiny_root, *PROCESSES, "trainer.stall_timeout_s=8")
     try:
         job.wait_for("Epoch 2/")
-        workers = job.workers()
-        for worker in workers:
-            worker.kill()
-        assert job.proc.wait(timeout=90) != 0
+
+        def kill_workers() -> None:
+            for worker in job.workers():
+                worker.kill()
+
+        seconds = job.stop_and_time(kill_workers)
+        assert job.proc.returncode != 0
+        job.assert_session_ends()  # the pool's replacement workers too
     finally:
-        job.proc.kill()
-    _, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive
+        job.kill()
+    print(f"\nSTOP killed-worker+watchdog(8s) loader=sequence-processes exit_s={seconds:.2f} left=0")
     run = job.run()
     assert run.info.status == "FAILED"
     assert "data worker process may have died" in run.data.tags["error"]

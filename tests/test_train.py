@@ -126,3 +126,28 @@ def test_mirrored_strategy_runs_on_the_cpu_as_one_replica(make_cfg, tracking_uri
     assert math.isfinite(train(make_cfg("strategy=mirrored")))
     params = latest_run(tracking_uri, "tests").data.params
     assert params["strategy.replicas"] == "1" and params["batch.global_train"] == "16"
+
+
+def test_an_exception_mid_fit_fails_the_run_and_stops_its_worker_processes(
+    make_cfg, tracking_uri: str, monkeypatch
+) -> None:
+    import keras
+    import psutil
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("boom at the end of epoch 2")
+
+    original = run_module._callbacks
+    monkeypatch.setattr(run_module, "_callbacks", lambda *a: [*original(*a), Boom()])
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    processes = ["loader=sequence", "loader.use_multiprocessing=true", "loader.workers=2"]
+    cfg = make_cfg(*processes, "trainer.epochs=4")
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    left = [p for p in left if "resource_tracker" not in " ".join(p.cmdline())]
+    assert not left, f"worker processes left: {left}"
+    run = latest_run(tracking_uri, "tests")
+    assert run.info.status == "FAILED" and "boom" in run.data.tags["error"]

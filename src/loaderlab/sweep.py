@@ -44,10 +44,10 @@ def swept_keys(config: DictConfig) -> list[str]:
 
 
 def job_run_name(base: str, overrides: str) -> str:
-    """The run name: base ('tfdata-small_cnn') and the values its sweep varies ('learning_rate=0.003')."""
+    """The run name: base ('tfdata-small_cnn') and the swept values ('trainer.learning_rate=0.003')."""
     swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k and k not in ("loader", "model")]
     values = parse_overrides(overrides)
-    parts = [f"{key.rsplit('.', 1)[-1]}={values[key]}" for key in swept if key in values]
+    parts = [f"{key}={values[key]}" for key in swept if key in values]
     return " ".join([base, *parts])
 
 

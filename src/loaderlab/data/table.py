@@ -17,7 +17,8 @@ def read_table(
     table = Path(table).expanduser()
     if not table.is_file():
         raise DatasetError(f"CSV file '{table}' does not exist. Set data.csv to a table of path,label rows.")
-    with open(table, newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheet programs save CSVs with a byte-order mark, which is not part of the header.
+    with open(table, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = tuple(reader.fieldnames or ())
         if not set(REQUIRED_COLUMNS) <= set(header):

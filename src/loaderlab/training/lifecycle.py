@@ -80,6 +80,25 @@ def stop_children(keep: set[int] = frozenset(), grace_s: float = 5.0) -> list[in
     return [c.pid for c in children]
 
 
+def terminate_pools(started_after: set[int], timeout_s: float = 10.0) -> None:
+    """Terminate the process pools whose workers started in the run, as multiprocessing expects.
+
+    Keras does not stop a PyDataset's pool when fit is interrupted. Killing its workers from outside
+    can leave the pool's queue lock held by a dead worker, and the pool's exit handler then waits on
+    that lock forever (CPython's Pool.terminate). Each terminate runs in a thread with a deadline.
+    """
+    import gc
+    from multiprocessing.pool import Pool, ThreadPool
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Pool) and not isinstance(obj, ThreadPool):
+            workers = getattr(obj, "_pool", [])  # its worker processes
+            if any(getattr(w, "pid", None) not in started_after for w in workers):
+                thread = threading.Thread(target=obj.terminate, name="pool-terminate", daemon=True)
+                thread.start()
+                thread.join(timeout_s)
+
+
 @contextmanager
 def no_child_left() -> Iterator[None]:
     """On the way out, however it goes, end the processes started inside (PyDataset workers, say)."""
@@ -87,5 +106,6 @@ def no_child_left() -> Iterator[None]:
     try:
         yield
     finally:
+        terminate_pools(started_after=before)
         if left := stop_children(keep=before):
             log.info("Stopped %d process(es) the run left: %s", len(left), left)

@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> float:
     # The chief logs the run; other workers keep a store of their own in their folder.
     uri = cfg.tracking.uri if worker.is_chief else f"sqlite:///{state_dir}/worker{worker.index}-mlflow.db"
     experiment_id = tracking.connect(uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
-    overrides, isolated = hydra_facts()
+    overrides, isolated, loader_choice = hydra_facts()
     tags = {
         "model": cfg.model.name,
         "dataset": cfg.data.name,
@@ -55,7 +55,9 @@ def train(cfg: DictConfig) -> float:
     with (
         no_child_left(),
         stop_signals_as_interrupt(),
-        tracking.tracked_run(experiment_id, cfg.model.name, tags, run_id=resumed_run_id) as run,
+        tracking.tracked_run(
+            experiment_id, job_run_name(f"{loader_choice}-{cfg.model.name}", overrides), tags, resumed_run_id
+        ) as run,
     ):
         run_id_file.write_text(run.info.run_id)
         if resumed_run_id is None:
@@ -243,15 +245,16 @@ def _callbacks(
     return callbacks
 
 
-def hydra_facts() -> tuple[str, bool]:
-    """(the job's command-line overrides, whether it runs in a process of its own)."""
+def hydra_facts() -> tuple[str, bool, str]:
+    """(the job's command-line overrides, whether it runs in a process of its own, the loader option)."""
     if not HydraConfig.initialized():
-        return "", True
+        return "", True, "job"
     hydra_cfg = HydraConfig.get()
     overrides = " ".join(hydra_cfg.overrides.task)
+    loader = hydra_cfg.runtime.choices.get("loader") or "job"
     if hydra_cfg.mode == RunMode.RUN:
-        return overrides, True
-    return overrides, os.environ.get(environment.ISOLATED_ENV) == "1"
+        return overrides, True, loader
+    return overrides, os.environ.get(environment.ISOLATED_ENV) == "1", loader
 
 
 def state_folder(cfg: DictConfig) -> Path:
