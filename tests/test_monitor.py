@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 from loaderlab.monitor import GpuMemory, MemorySampler, ThroughputTracker
@@ -41,8 +42,8 @@ def test_sampler_sees_a_known_allocation_in_a_child_process() -> None:
     assert HOLD_MB <= grew_mb <= HOLD_MB + 80, f"peak grew {grew_mb:.0f} MB for a {HOLD_MB} MB child"
 
 
-def _sleep() -> None:
-    time.sleep(2)
+def _hold_until(done) -> None:
+    done.wait(120)  # alive, sharing the parent's pages, until the parent has sampled
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PSS is Linux-only")
@@ -51,12 +52,18 @@ def test_pages_shared_with_a_forked_child_count_once() -> None:
     assert sampler.method == "pss_sum"
     data = np.ones(HOLD_MB * MB, np.uint8)  # resident in the parent
     before = sampler.sample()
-    child = mp.get_context("fork").Process(target=_sleep)
+    fork = mp.get_context("fork")
+    done = fork.Event()
+    child = fork.Process(target=_hold_until, args=(done,))
     child.start()
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not psutil.Process().children() and time.monotonic() < deadline:
+            time.sleep(0.05)
         with_child = sampler.sample()
+        assert child.is_alive()
     finally:
+        done.set()
         child.join()
     # Summed RSS would count the 300 MB twice; summed PSS splits the shared pages.
     assert (with_child - before) / MB < 60
@@ -130,3 +137,25 @@ def test_throughput_with_one_epoch_leaves_out_the_first_step() -> None:
     tracker = ThroughputTracker(images_per_epoch=40, clock=clock)
     run_epochs(tracker, clock, [[3.0, 0.1, 0.1, 0.1]])
     assert tracker.steady_images_per_sec() == pytest.approx(30 / 0.3)
+
+
+def test_nvml_cross_check_samples_device_memory_or_reports_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from loaderlab.monitor import NvmlMemory
+
+    used = iter([100 * MB, 700 * MB, 300 * MB])
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: f"gpu{i}",
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=next(used)),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    nvml = NvmlMemory()
+    sampler = MemorySampler(probes=[nvml.sample])
+    for _ in range(3):
+        sampler.sample()
+    assert nvml.peak_mb() == 700
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: no figure, never a zero
+    assert NvmlMemory().peak_mb() is None

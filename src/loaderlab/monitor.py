@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 
@@ -37,9 +37,12 @@ class MemorySampler:
     once; otherwise the sum of RSS. `method` says which ("pss_sum" or "rss_sum").
     """
 
-    def __init__(self, pid: int | None = None, interval_s: float = 0.1):
+    def __init__(
+        self, pid: int | None = None, interval_s: float = 0.1, probes: list[Callable[[], None]] = ()
+    ):
         self.process = psutil.Process(pid or os.getpid())
         self.interval_s = interval_s
+        self.probes = list(probes)  # also run at every sample, e.g. NvmlMemory.sample
         self.method = "pss_sum" if pss_available() else "rss_sum"
         self.peak_bytes = 0
         self._stop = threading.Event()
@@ -55,6 +58,8 @@ class MemorySampler:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue  # a worker that just exited holds nothing any more
         self.peak_bytes = max(self.peak_bytes, total)
+        for probe in self.probes:
+            probe()
         return total
 
     def _run(self) -> None:
@@ -144,6 +149,36 @@ class GpuMemory:
         if not devices:
             return None
         return max(self.source.peak_bytes(d) for d in devices) / MB
+
+
+class NvmlMemory:
+    """Device-wide GPU memory in use, read through NVML (the `gpu` extra): a cross-check of gpu_peak_mb.
+
+    It counts every process on the GPUs, and memory TensorFlow reserved but did not allocate, so it
+    is at least TensorFlow's own peak. Without nvidia-ml-py or a GPU it measures nothing (peak_mb None).
+    """
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._handles: list = []
+        self.peak_bytes = 0
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._nvml = pynvml
+        except Exception:  # noqa: BLE001 - not installed, no driver, no GPU: nothing to measure
+            self._handles = []
+
+    def sample(self) -> None:
+        """Read the memory in use on every GPU; keep the largest."""
+        for handle in self._handles:
+            self.peak_bytes = max(self.peak_bytes, int(self._nvml.nvmlDeviceGetMemoryInfo(handle).used))
+
+    def peak_mb(self) -> float | None:
+        """The largest per-GPU use seen, in MB; None where NVML sees no GPU."""
+        return self.peak_bytes / MB if self._handles else None
 
 
 @dataclass

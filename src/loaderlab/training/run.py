@@ -19,7 +19,7 @@ from loaderlab import tracking
 from loaderlab.data.manifest import Manifest
 from loaderlab.loaders.base import Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
-from loaderlab.monitor import GpuMemory, MemorySampler, TensorFlowMemory, ThroughputTracker
+from loaderlab.monitor import GpuMemory, MemorySampler, NvmlMemory, TensorFlowMemory, ThroughputTracker
 from loaderlab.sweep import job_run_name
 from loaderlab.training.distribute import Worker, worker_of
 from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrupt
@@ -152,6 +152,7 @@ class Monitors:
 
     sampler: MemorySampler
     gpu: GpuMemory
+    nvml: NvmlMemory
     throughput: ThroughputTracker
     baseline_bytes: int
 
@@ -161,18 +162,20 @@ class Monitors:
         import keras
 
         keras.utils.set_random_seed(cfg.trainer.seed)
-        gpu = GpuMemory(TensorFlowMemory())
-        sampler = MemorySampler(interval_s=cfg.tracking.memory_interval_s)
+        gpu, nvml = GpuMemory(TensorFlowMemory()), NvmlMemory()
+        sampler = MemorySampler(interval_s=cfg.tracking.memory_interval_s, probes=[nvml.sample])
         mlflow.set_tags({"device": gpu.device, "rss_method": sampler.method})
         baseline = sampler.start().sample()
         gpu.reset()
-        return cls(sampler, gpu, ThroughputTracker(images_per_epoch=images_per_epoch), baseline)
+        return cls(sampler, gpu, nvml, ThroughputTracker(images_per_epoch=images_per_epoch), baseline)
 
     def stop(self) -> dict[str, float]:
         """Stop sampling; the run's summary metrics (only those that were measured)."""
         summary = {"peak_rss_mb": self.sampler.stop() / MB, "baseline_rss_mb": self.baseline_bytes / MB}
         if (gpu_peak := self.gpu.peak_mb()) is not None:
             summary["gpu_peak_mb"] = gpu_peak
+        if (device_peak := self.nvml.peak_mb()) is not None:
+            summary["gpu_device_peak_mb"] = device_peak  # NVML, all processes: the cross-check
         if (rate := self.throughput.steady_images_per_sec()) is not None:
             summary["images_per_sec"] = rate
         if self.throughput.time_to_first_batch_s is not None:
