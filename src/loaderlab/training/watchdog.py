@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import keras
 
-from loaderlab.training.lifecycle import stop_children
+from loaderlab.training.lifecycle import stop_children, terminate_pools
 
 log = logging.getLogger(__name__)
 STALL_EXIT_CODE = 3
@@ -68,6 +68,7 @@ class StallWatchdog(keras.callbacks.Callback):
                 )
                 log.error(message)
                 self.on_stall(message)
+                terminate_pools(started_after=set(), timeout_s=3.0)  # no more replacement workers
                 stop_children()
                 logging.shutdown()
                 os._exit(STALL_EXIT_CODE)
