@@ -93,7 +93,9 @@ def _train_logged(
     cluster: dict[str, float] = {}  # multiworker: every worker's peak memory
     try:
         if worker.count > 1:
-            cluster = _fit_multiworker(cfg, loader, manifest, decoder, strategy, worker, state_dir, run_id, monitors)
+            cluster = _fit_multiworker(
+                cfg, loader, manifest, decoder, strategy, worker, state_dir, run_id, monitors
+            )
         else:
             train_feed = loader.feed(manifest.train, decoder, train_batch, True, cfg.trainer.seed)
             val_feed = loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed)
