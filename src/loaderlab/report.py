@@ -137,10 +137,10 @@ def open_store(uri: str) -> MlflowClient:
 
         try:
             check_reachable(uri)
-        except TrackingUnavailableError:
+        except TrackingUnavailableError as e:  # unreachable, or refusing the credentials
             raise ReportError(
-                f"The MLflow server {uri} does not answer. Start it, or pass another --tracking-uri "
-                f"(the default is the project's store, {DEFAULT_TRACKING_URI})."
+                f"{e} Or pass another --tracking-uri (the default is the project's store, "
+                f"{DEFAULT_TRACKING_URI})."
             ) from None
     elif "://" not in uri or uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))

@@ -14,7 +14,7 @@ import logging
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -103,34 +103,25 @@ class Plan:
         }
 
 
-def distributed_datasets(
+def training_data(
     strategy: tf.distribute.Strategy,
     loader: DatasetLoader,
     split: Split,
     decoder: ImageDecoder,
-    global_batch: int,
-    training: bool,
+    plan: Plan,
     seed: int,
-    steps: int | None = None,
 ) -> tf.distribute.DistributedDataset:
-    """One pipeline per worker over its own shard of the files (no auto-sharding of elements).
-
-    With `steps`, each worker yields exactly that many full batches; without, every batch of its
-    shard, and a worker that runs out takes empty batches until all have (tf.distribute's own
-    handling of uneven input), so every file counts once.
-    """
+    """One pipeline per worker over its own shard of the files, `plan.steps` full batches an epoch."""
 
     def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        batch = context.get_per_replica_batch_size(global_batch)
+        batch = context.get_per_replica_batch_size(plan.global_batch)
         part = shard(split, context.input_pipeline_id, context.num_input_pipelines)
-        ds = loader.dataset(part, decoder, batch, training, seed + context.input_pipeline_id)
-        if steps is not None:
-            # Full batches only, across the loader's batch boundaries; each step takes one per local replica.
-            local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-            ds = ds.rebatch(batch, drop_remainder=True).take(steps * local_replicas)
-        return ds
+        ds = loader.dataset(part, decoder, batch, True, seed + context.input_pipeline_id)
+        # Full batches only, across the loader's batch boundaries; a step takes one per local replica.
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        return ds.rebatch(batch, drop_remainder=True).take(plan.steps * local_replicas)
 
-    return strategy.distribute_datasets_from_function(make)
+    return strategy.distribute_datasets_from_function(make)  # the function shards: no auto-sharding
 
 
 def _sums(labels: tf.Tensor, probs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -164,20 +155,18 @@ class Steps:
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return context.all_reduce(SUM, tf.stack([loss_sum, correct, count]))
 
-        def evaluate(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-            sums = tf.stack(_sums(labels, model(images, training=False)))
-            return tf.distribute.get_replica_context().all_reduce(SUM, sums)
-
         self._train = tf.function(lambda batch: strategy.run(train, args=batch))
-        self._evaluate = tf.function(lambda batch: strategy.run(evaluate, args=batch))
+        # Evaluation runs on this worker's own shard, outside strategy.run: no collective per step,
+        # so shards of any length are fine; the sums are added across workers after the pass.
+        self._evaluate = tf.function(lambda images, labels: tf.stack(_sums(labels, model(images))))
 
     def train(self, batch: Any) -> np.ndarray:
         """One synchronous training step; the cluster's (loss sum, correct, count)."""
         return self.strategy.experimental_local_results(self._train(batch))[0].numpy()
 
     def evaluate(self, batch: Any) -> np.ndarray:
-        """One evaluation step; the cluster's (loss sum, correct, count)."""
-        return self.strategy.experimental_local_results(self._evaluate(batch))[0].numpy()
+        """One evaluation step on this worker's batch: its (loss sum, correct, count)."""
+        return self._evaluate(*batch).numpy()
 
 
 def gather(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
@@ -278,7 +267,7 @@ def fit(
     val: Split,
     decoder: ImageDecoder,
     plan: Plan,
-    val_batch: int,
+    val_batch: int,  # this worker's
     seed: int,
     epochs: int,
     callbacks: list[keras.callbacks.Callback],
@@ -288,10 +277,8 @@ def fit(
     """Train like model.fit: the same callbacks, per-epoch val_loss over the whole validation split."""
     state = EpochState(strategy, model, worker, state_folder)
     initial_epoch = state.restore()
-    train_data = distributed_datasets(
-        strategy, loader, train, decoder, plan.global_batch, True, seed, steps=plan.steps
-    )
-    val_data = distributed_datasets(strategy, loader, val, decoder, val_batch, False, seed)
+    train_data = training_data(strategy, loader, train, decoder, plan, seed)
+    val_data = loader.dataset(shard(val, worker.index, worker.count), decoder, val_batch, False, seed)
     steps = Steps(strategy, model)
     hooks = keras.callbacks.CallbackList(
         callbacks,
@@ -311,9 +298,10 @@ def fit(
             # last epoch would otherwise count in the others' first step.
             gather(strategy, [0.0])
             hooks.on_epoch_begin(epoch)
-            logs = _run(steps.train, train_data, hooks.on_train_batch_begin, hooks.on_train_batch_end)
+            logs = _logs(_run(steps.train, train_data, hooks.on_train_batch_begin, hooks.on_train_batch_end))
             hooks.on_test_begin()
-            val_logs = _run(steps.evaluate, val_data, hooks.on_test_batch_begin, hooks.on_test_batch_end)
+            local = _run(steps.evaluate, val_data, hooks.on_test_batch_begin, hooks.on_test_batch_end)
+            val_logs = _logs(gather(strategy, list(local)).sum(axis=0))  # every worker's part: the split
             hooks.on_test_end(val_logs)
             logs |= {f"val_{k}": v for k, v in val_logs.items()}
             hooks.on_epoch_end(epoch, logs)
@@ -337,14 +325,15 @@ def weights_sha256(model: keras.Model) -> str:
 
 def _run(
     step: Callable[[Any], np.ndarray],
-    data: tf.distribute.DistributedDataset,
+    data: Iterable[Any],
     on_begin: Callable[..., None],
     on_end: Callable[..., None],
-) -> dict[str, float]:
-    """One pass over distributed data: each step's callbacks get the running mean loss and accuracy."""
+) -> np.ndarray:
+    """One pass over the data; the (loss sum, correct, count) totals. Each step's callbacks get the
+    running mean loss and accuracy."""
     totals = np.zeros(3)
     for i, batch in enumerate(data):
         on_begin(i)
         totals += step(batch)
         on_end(i, _logs(totals))
-    return _logs(totals)
+    return totals

@@ -148,7 +148,7 @@ def _fit_multiworker(
         manifest.val,
         decoder,
         plan,
-        cfg.batch.val * replicas,
+        cfg.batch.val * replicas // worker.count,  # this worker's validation batch
         cfg.trainer.seed,
         cfg.trainer.epochs,
         callbacks,
