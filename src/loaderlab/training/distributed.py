@@ -9,6 +9,7 @@ manifest per worker, and TensorFlow's multi-worker checkpointing for trainer.res
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -30,7 +31,7 @@ from loaderlab.training.distribute import Worker
 from loaderlab.validate import ConfigError
 
 log = logging.getLogger(__name__)
-SUM = tf.distribute.ReduceOp.SUM
+SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
 # Training: every worker runs the same number of full steps; the images past the last full step
 # of a worker's shard (fewer than a global batch in all) are left out of that epoch.
 UNEVEN_SHARDS = "drop"
@@ -178,6 +179,36 @@ def gather(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
     return gathered[:: strategy.extended._num_devices_per_worker]  # one row per worker
 
 
+def assign_reduced(
+    strategy: tf.distribute.Strategy, variables: list, op: tf.distribute.ReduceOp, chief_only: bool = False
+) -> Callable[[], None]:
+    """A function that sets each variable, on every replica, to `op` over all replicas' own copies;
+    with chief_only, a SUM of replica 0's copy alone: the chief's value, broadcast."""
+
+    def local(var: Any) -> tf.Tensor:
+        value = tf.identity(var)  # in replica context: this replica's own copy
+        if not chief_only:
+            return value
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        return tf.where(first, value, tf.zeros_like(value))
+
+    @tf.function
+    def run() -> None:
+        for var in variables:
+            var.assign(strategy.reduce(op, strategy.run(functools.partial(local, var)), axis=None))
+
+    return run
+
+
+def moving_statistics(model: keras.Model) -> list:
+    """The model's floating-point non-trainable weights, e.g. BatchNormalization's moving mean and variance.
+
+    Keras 3 creates them with aggregation "none": under tf.distribute each replica updates its own
+    copy from its own batches, so the workers' copies drift apart unless averaged.
+    """
+    return [v for v in model.non_trainable_variables if v.dtype.startswith(("float", "bfloat"))]
+
+
 class EpochState:
     """trainer.resume for the loop: TensorFlow's multi-worker checkpointing of weights, optimizer, epoch.
 
@@ -202,25 +233,9 @@ class EpochState:
             return 0
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-        self._from_chief()
+        assign_reduced(self.strategy, self.variables, SUM, chief_only=True)()
         log.info("Resumed from %s at epoch %d", self.folder, int(self.epoch.numpy()))
         return int(self.epoch.numpy())
-
-    def _from_chief(self) -> None:
-        """Every variable takes the chief's value: a sum in which only replica 0 counts."""
-        strategy = self.strategy
-
-        def chief_only(value: tf.Tensor) -> tf.Tensor:
-            first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
-            return tf.where(first, value, tf.zeros_like(value))
-
-        @tf.function
-        def broadcast() -> None:
-            for var in self.variables:
-                value = strategy.run(chief_only, args=(tf.convert_to_tensor(var),))
-                var.assign(strategy.reduce(SUM, value, axis=None))
-
-        broadcast()
 
     def save(self, epochs_done: int) -> None:
         """Record that `epochs_done` epochs are complete (every worker calls it)."""
@@ -280,6 +295,9 @@ def fit(
     train_data = training_data(strategy, loader, train, decoder, plan, seed)
     val_data = loader.dataset(shard(val, worker.index, worker.count), decoder, val_batch, False, seed)
     steps = Steps(strategy, model)
+    # Averaging exponential moving averages that started equal gives the average of the updates:
+    # the statistics Keras 2's MEAN aggregation kept, and the same weights on every worker.
+    average_statistics = assign_reduced(strategy, moving_statistics(model), MEAN)
     hooks = keras.callbacks.CallbackList(
         callbacks,
         add_history=True,
@@ -299,6 +317,7 @@ def fit(
             gather(strategy, [0.0])
             hooks.on_epoch_begin(epoch)
             logs = _logs(_run(steps.train, train_data, hooks.on_train_batch_begin, hooks.on_train_batch_end))
+            average_statistics()  # before validation and the checkpoint
             hooks.on_test_begin()
             local = _run(steps.evaluate, val_data, hooks.on_test_batch_begin, hooks.on_test_batch_end)
             val_logs = _logs(gather(strategy, list(local)).sum(axis=0))  # every worker's part: the split
