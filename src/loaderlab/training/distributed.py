@@ -138,10 +138,10 @@ def _logs(totals: np.ndarray) -> dict[str, float]:
 
 
 class Steps:
-    """The loop's compiled training and evaluation steps; each returns cluster-wide sums."""
+    """The loop's compiled steps; each returns (loss sum, correct, count) as a numpy array."""
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model):
-        self.strategy, self.model = strategy, model
+        self.strategy = strategy
 
         def train(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
             context = tf.distribute.get_replica_context()
@@ -176,7 +176,7 @@ def gather(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
         lambda _: tf.constant([values], tf.float64)
     )
     gathered = tf.function(lambda v: strategy.gather(v, axis=0))(per_replica).numpy()
-    return gathered[:: strategy.extended._num_devices_per_worker]  # one row per worker
+    return gathered[:: len(strategy.extended.worker_devices)]  # a row per replica: keep one per worker
 
 
 def assign_reduced(
@@ -328,7 +328,7 @@ def fit(
             if model.stop_training:  # EarlyStopping: every worker sees the same val_loss, so all stop
                 break
     except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
-            tf.errors.DeadlineExceededError, tf.errors.InternalError) as e:  # fmt: skip
+            tf.errors.DeadlineExceededError) as e:  # fmt: skip
         raise WorkerLostError(f"{lost_worker_message(strategy, worker)} ({type(e).__name__})") from e
     hooks.on_train_end(logs)
     return model.history
