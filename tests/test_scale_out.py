@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,47 +71,6 @@ def free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
-
-
-@pytest.mark.slow
-def test_two_multiworker_workers_refuse_clearly_and_the_chief_logs_why(
-    tmp_path: Path, tiny_root: Path
-) -> None:
-    """Keras 3's fit cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585): both
-    workers must stop at once with that message, and the chief's run must say so, not hang."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    jobs = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-        }
-        command = [
-            sys.executable,
-            str(PROJECT_ROOT / "src" / "train.py"),
-            "strategy=multiworker",
-            "loader=tfdata",
-            f"paths.outputs={tmp_path}",
-            f"data.root={tiny_root}",
-            *(f"data.{k}={v}" for k, v in TINY.items()),
-            "model.input_size=32",
-            "trainer.epochs=1",
-            "trainer.verbose=2",
-            "batch.train=8",
-            "batch.val=8",
-            f"hydra.run.dir={tmp_path}/worker{index}",
-        ]
-        jobs.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
-    outputs = [job.communicate(timeout=300)[0] for job in jobs]
-    assert [job.returncode for job in jobs] == [1, 1]
-    assert all("keras-team/keras#20585" in output for output in outputs)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    [run] = client.search_runs([client.get_experiment_by_name("loaderlab").experiment_id])  # the chief's only
-    assert run.info.status == "FAILED" and "MultiWorkerMirroredStrategy" in run.data.tags["error"]
-    assert (tmp_path / "worker1" / "worker1-mlflow.db").exists()  # the other worker kept its own store
 
 
 @pytest.mark.slow
@@ -183,3 +142,141 @@ def wait_for_health(uri: str, timeout_s: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+ADMIN, ADMIN_PASSWORD = "admin", "admin-password-7f3a"
+USER, PASSWORD = "alice", "alice-password-91c2"
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with one team user, alice."""
+    import requests
+
+    folder = tmp_path_factory.mktemp("auth-server")
+    (folder / "auth.ini").write_text(
+        "[mlflow]\n"
+        "default_permission = EDIT\n"
+        f"database_uri = sqlite:///{folder}/users.db\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret",
+    }
+    [port] = free_ports(1)
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{folder}/server.db",
+            "--artifacts-destination", str(folder / "artifacts"),
+            "--workers", "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the uvicorn worker goes with it
+    )  # fmt: skip
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_for_health(uri, timeout_s=180)
+        created = requests.post(
+            f"{uri}/api/2.0/mlflow/users/create",
+            json={"username": USER, "password": PASSWORD},
+            auth=(ADMIN, ADMIN_PASSWORD),
+            timeout=30,
+        )
+        assert created.ok, created.text
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def train_against(uri: str, outputs: Path, data_root: Path, experiment: str, credentials: dict[str, str]):
+    """train.py for one epoch against the server, with only the given MLflow credentials set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    return subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "src" / "train.py"),
+            f"tracking.uri={uri}",
+            f"tracking.experiment={experiment}",
+            "tracking.artifact_location=null",
+            f"paths.outputs={outputs}",
+            f"data.root={data_root}",
+            *(f"data.{k}={v}" for k, v in TINY.items()),
+            "model.input_size=32",
+            "trainer.epochs=1",
+            "trainer.verbose=2",
+            "batch.train=16",
+            "batch.val=16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "2", **credentials},
+    )
+
+
+def admin_client(monkeypatch: pytest.MonkeyPatch, uri: str) -> MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    return MlflowClient(uri)
+
+
+@pytest.mark.slow
+def test_a_team_member_trains_against_the_auth_server_and_no_credential_is_logged(
+    auth_server: str, tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+    result = train_against(auth_server, tmp_path, tiny_root, "auth-ok", credentials)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = admin_client(monkeypatch, auth_server)
+    [run] = client.search_runs([client.get_experiment_by_name("auth-ok").experiment_id])
+    assert run.info.status == "FINISHED" and "val_loss" in run.data.metrics
+    assert run.data.tags["mlflow.user"] == USER  # MLflow records who logged the run: the login, not a secret
+    logged = [*run.data.params.items(), *run.data.tags.items()]
+    assert not [(k, v) for k, v in logged if PASSWORD in v or "MLFLOW_TRACKING" in k or "password" in k]
+    assert not [k for k, v in run.data.params.items() if USER in v]
+    run_log = client.download_artifacts(run.info.run_id, "train.log", str(tmp_path))
+    for text in (Path(run_log).read_text(), result.stdout, result.stderr):
+        assert PASSWORD not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "credentials",
+    [{"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": "not-the-password"}, {}],
+    ids=["wrong", "missing"],
+)
+def test_refused_credentials_stop_train_at_start_up_naming_the_variables(
+    auth_server: str,
+    tmp_path: Path,
+    tiny_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    credentials: dict[str, str],
+) -> None:
+    result = train_against(auth_server, tmp_path, tiny_root, "auth-refused", credentials)
+    assert result.returncode != 0
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in result.stderr
+    assert "Data:" not in result.stdout + result.stderr  # stopped before reading the dataset
+    assert admin_client(monkeypatch, auth_server).get_experiment_by_name("auth-refused") is None
+
+
+@pytest.mark.slow
+def test_refused_credentials_stop_compare_naming_the_variables(auth_server: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "src" / "compare.py"), "--tracking-uri", auth_server],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": "not-the-password"},
+    )
+    assert result.returncode == 1
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import subprocess
@@ -24,16 +25,25 @@ from loaderlab.utils.environment import PARENT_RUN_ENV
 
 
 class TrackingUnavailableError(RuntimeError):
-    """The tracking server cannot be reached; raised before any training."""
+    """The tracking server cannot be reached, or refuses us; raised before any training."""
+
+
+class TrackingAuthError(TrackingUnavailableError):
+    """The tracking server refuses the credentials (or their absence)."""
+
+
+# MLflow's own client reads these; they stay in the environment, never in the config.
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast when an http(s) tracking server does not answer its health check."""
+    """Fail fast when an http(s) tracking server does not answer, or does not let these credentials in."""
     if not uri.startswith(("http://", "https://")):
         return
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            return
+        with urllib.request.urlopen(base + "/health", timeout=timeout_s):
+            pass
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise TrackingUnavailableError(
@@ -41,6 +51,25 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             f"`mlflow server --host 127.0.0.1 --port 5000`) or set tracking.uri to another store, "
             "e.g. the default sqlite:///<repo>/outputs/mlflow.db."
         ) from None
+    # /health answers everyone; an API call shows whether a server with authentication lets us in.
+    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if os.environ.get(USERNAME_ENV) or os.environ.get(PASSWORD_ENV):
+        pair = f"{os.environ.get(USERNAME_ENV, '')}:{os.environ.get(PASSWORD_ENV, '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code not in (401, 403):
+            return  # not a refusal; MLflow's own calls report anything else
+        given = "were refused" if os.environ.get(USERNAME_ENV) else "are not set"
+        raise TrackingAuthError(
+            f"MLflow tracking server {uri} requires a login and the credentials {given} (HTTP {e.code}). "
+            f"Set {USERNAME_ENV} and {PASSWORD_ENV} in the environment to your user on that server "
+            "(never in the config: it is logged)."
+        ) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise TrackingUnavailableError(f"MLflow tracking server {uri} stopped answering ({e}).") from None
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from loaderlab.training.distribute import Worker, worker_of
 from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrupt
 from loaderlab.utils import environment
 from loaderlab.utils.system import MB
-from loaderlab.validate import ConfigError, check_config, drop_bad_images
+from loaderlab.validate import check_config, drop_bad_images
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"
@@ -83,40 +84,85 @@ def _train_logged(
     run_id: str,
 ) -> float:
     """The job's steps, in order, inside its MLflow run."""
-    _refuse_multiworker(worker)
+    if worker.count > 1:
+        from loaderlab.training import distributed
+
+        distributed.check_loader(loader, worker)  # before any data work
     manifest, bad = _read_manifest(cfg)
     train_batch, val_batch = _global_batches(cfg, strategy, worker)
     decoder = ImageDecoder(spec, cfg.data.on_bad_image)
     monitors = Monitors.start(cfg, images_per_epoch=len(manifest.train))  # the baseline: before the pipeline
+    cluster: dict[str, float] = {}  # multiworker: every worker's peak memory
     try:
-        train_feed = loader.feed(manifest.train, decoder, train_batch, True, cfg.trainer.seed)
-        val_feed = loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed)
-        model = _build_model(cfg, spec, manifest, strategy)
-        callbacks = _callbacks(cfg, state_dir, monitors.throughput, _best_val_loss(run_id), train_batch)
-        monitors.throughput.fit_start()
-        model.fit(
-            **train_feed.fit_kwargs(),
-            **val_feed.validation_kwargs(),
-            epochs=cfg.trainer.epochs,
-            callbacks=callbacks,
-            verbose=cfg.trainer.verbose,
-        )
+        if worker.count > 1:
+            cluster = _fit_multiworker(
+                cfg, loader, manifest, decoder, strategy, worker, state_dir, run_id, monitors
+            )
+        else:
+            train_feed = loader.feed(manifest.train, decoder, train_batch, True, cfg.trainer.seed)
+            val_feed = loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed)
+            model = _build_model(cfg, spec, manifest, strategy)
+            best = _best_val_loss(run_id)
+            callbacks = _callbacks(cfg, state_dir, monitors.throughput, best, train_batch, strategy, worker)
+            monitors.throughput.fit_start()
+            model.fit(
+                **train_feed.fit_kwargs(),
+                **val_feed.validation_kwargs(),
+                epochs=cfg.trainer.epochs,
+                callbacks=callbacks,
+                verbose=cfg.trainer.verbose,
+            )
     finally:
-        summary = monitors.stop()
+        summary = monitors.stop() | cluster
         _log_skipped(cfg, bad, decoder.skipped, summary)
         mlflow.log_metrics(summary)
     return _log_outcome(cfg, state_dir, run_id, summary)
 
 
-def _refuse_multiworker(worker: Worker) -> None:
-    """Stop before any data work where Keras' fit cannot run."""
-    if worker.count > 1:
-        raise ConfigError(
-            f"strategy=multiworker ({worker.count} workers): Keras {keras_version()} model.fit does not run "
-            "under tf.distribute.MultiWorkerMirroredStrategy; it fails with 'Attempt to convert a value "
-            "(PerReplica...)' (keras-team/keras#20585, open since Keras 3). Use strategy=mirrored for "
-            "the GPUs of one machine, or loader=tfdata_service to spread the input pipeline."
-        )
+def _fit_multiworker(
+    cfg: DictConfig,
+    loader: Loader,
+    manifest: Manifest,
+    decoder: ImageDecoder,
+    strategy: Any,
+    worker: Worker,
+    state_dir: Path,
+    run_id: str,
+    monitors: Monitors,
+) -> dict[str, float]:
+    """The distributed loop in fit's place; returns every worker's peak memory, gathered on each."""
+    from loaderlab.training import distributed
+
+    replicas = strategy.num_replicas_in_sync
+    plan = distributed.Plan.of(len(manifest.train), worker.count, cfg.batch.train * replicas)
+    mlflow.log_params(plan.params())
+    monitors.throughput.images_per_epoch = plan.train_images  # all workers' images per epoch
+    model = _build_model(cfg, decoder.spec, manifest, strategy)
+    best = _best_val_loss(run_id)
+    callbacks = _callbacks(cfg, state_dir, monitors.throughput, best, plan.global_batch, strategy, worker)
+    monitors.throughput.fit_start()
+    distributed.fit(
+        strategy,
+        worker,
+        model,
+        loader,
+        manifest.train,
+        manifest.val,
+        decoder,
+        plan,
+        cfg.batch.val * replicas // worker.count,  # this worker's validation batch
+        cfg.trainer.seed,
+        cfg.trainer.epochs,
+        callbacks,
+        state_dir / "backup",
+        cfg.trainer.verbose,
+    )
+    mlflow.set_tag("weights_sha256", distributed.weights_sha256(model))  # the same on every worker
+    monitors.sampler.sample()
+    # A collective: every worker sends its peak; all of them must reach this line.
+    peaks = distributed.gather(strategy, [float(monitors.sampler.peak_bytes)])[:, 0]
+    figures = {f"peak_rss_mb_worker{i}": float(peak) / MB for i, peak in enumerate(peaks)}
+    return figures | {"peak_rss_mb": float(max(peaks)) / MB}
 
 
 def _read_manifest(cfg: DictConfig) -> tuple[Manifest, dict[str, str]]:
@@ -222,7 +268,13 @@ def _log_outcome(cfg: DictConfig, state_dir: Path, run_id: str, summary: dict[st
 
 
 def _callbacks(
-    cfg: DictConfig, state_dir: Path, tracker: ThroughputTracker, best: float, batch_size: int
+    cfg: DictConfig,
+    state_dir: Path,
+    tracker: ThroughputTracker,
+    best: float,
+    batch_size: int,
+    strategy: Any,
+    worker: Worker,
 ) -> list:
     """The Keras callbacks every run uses: throughput, MLflow metrics, resume state, checkpoint, guards."""
     import keras
@@ -230,13 +282,12 @@ def _callbacks(
     from loaderlab.training.callbacks import EpochMetricsToMlflow, ThroughputCallback
     from loaderlab.training.checkpoint import BestCheckpoint
 
-    callbacks = [
-        ThroughputCallback(tracker, batch_size),
-        EpochMetricsToMlflow(),
-        # The epoch state that trainer.resume continues from; kept after training ends.
-        keras.callbacks.BackupAndRestore(str(state_dir / "backup"), delete_checkpoint=False),
-    ]
-    if cfg.trainer.checkpoint:
+    callbacks = [ThroughputCallback(tracker, batch_size), EpochMetricsToMlflow()]
+    if worker.count == 1:
+        # The epoch state that trainer.resume continues from; kept after training ends. (The
+        # multi-worker loop checkpoints with TensorFlow's multi-worker checkpointing instead.)
+        callbacks.append(keras.callbacks.BackupAndRestore(str(state_dir / "backup"), delete_checkpoint=False))
+    if cfg.trainer.checkpoint and worker.is_chief:
         callbacks.append(BestCheckpoint(state_dir / "checkpoints" / "best.keras", best))
     if cfg.trainer.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.trainer.early_stopping_patience))
@@ -244,7 +295,13 @@ def _callbacks(
         from loaderlab.training.watchdog import StallWatchdog
 
         run_id = mlflow.active_run().info.run_id
-        callbacks.append(StallWatchdog(cfg.trainer.stall_timeout_s, lambda m: tracking.fail_run(run_id, m)))
+        explain = None
+        if worker.count > 1:  # a stall there is a lost worker: name it
+            from loaderlab.training.distributed import lost_worker_message
+
+            explain = functools.partial(lost_worker_message, strategy, worker)
+        fail = functools.partial(tracking.fail_run, run_id)
+        callbacks.append(StallWatchdog(cfg.trainer.stall_timeout_s, fail, explain=explain))
     return callbacks
 
 
@@ -282,13 +339,6 @@ def state_folder(cfg: DictConfig) -> Path:
             "pass the output folder of an earlier run."
         )
     return folder
-
-
-def keras_version() -> str:
-    """The installed Keras version."""
-    import keras
-
-    return keras.__version__
 
 
 def _best_val_loss(run_id: str) -> float:

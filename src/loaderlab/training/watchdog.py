@@ -23,12 +23,27 @@ log = logging.getLogger(__name__)
 STALL_EXIT_CODE = 3
 
 
+def _data_worker_hint() -> str:
+    return (
+        "A data worker process may have died, e.g. killed by the OOM killer: with loader=sequence "
+        "loader.use_multiprocessing=true Keras then waits for its batch forever. Use fewer workers or "
+        "less memory per worker, or threads."
+    )
+
+
 class StallWatchdog(keras.callbacks.Callback):
     """Fails the run when no training or validation step finishes for timeout_s seconds."""
 
-    def __init__(self, timeout_s: float, on_stall: Callable[[str], None], poll_s: float = 1.0):
+    def __init__(
+        self,
+        timeout_s: float,
+        on_stall: Callable[[str], None],
+        poll_s: float = 1.0,
+        explain: Callable[[], str] | None = None,
+    ):
         super().__init__()
         self.timeout_s, self.on_stall, self.poll_s = timeout_s, on_stall, poll_s
+        self.explain = explain or _data_worker_hint  # what most likely stopped the steps
         self._last_progress = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
@@ -62,9 +77,7 @@ class StallWatchdog(keras.callbacks.Callback):
             if idle > self.timeout_s:
                 message = (
                     f"No training step finished in {idle:.0f} s (trainer.stall_timeout_s="
-                    f"{self.timeout_s:g}). A data worker process may have died, e.g. killed by the OOM "
-                    "killer: with loader=sequence loader.use_multiprocessing=true Keras then waits for "
-                    "its batch forever. Use fewer workers or less memory per worker, or threads."
+                    f"{self.timeout_s:g}). {self.explain()}"
                 )
                 log.error(message)
                 self.on_stall(message)

@@ -1,0 +1,358 @@
+"""Training across machines under MultiWorkerMirroredStrategy: a distributed custom loop.
+
+Keras 3's model.fit fails under this strategy (keras/src/backend/tensorflow/trainer.py reduces
+the first batch and the scalar metrics across workers in ways the strategy rejects), so this loop
+takes fit's place: the same model, optimizer and Keras callbacks (driven through
+keras.callbacks.CallbackList), a tf.function step run by `strategy.run`, one shard of the
+manifest per worker, and TensorFlow's multi-worker checkpointing for trainer.resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from loaderlab.data.manifest import Split
+from loaderlab.loaders.base import Loader
+from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.training.distribute import Worker
+from loaderlab.validate import ConfigError
+
+log = logging.getLogger(__name__)
+SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
+# Training: every worker runs the same number of full steps; the images past the last full step
+# of a worker's shard (fewer than a global batch in all) are left out of that epoch.
+UNEVEN_SHARDS = "drop"
+
+
+class MultiworkerLoaderError(ConfigError):
+    """The loader has no tf.data pipeline that each worker could shard."""
+
+
+class WorkerLostError(RuntimeError):
+    """A collective failed because another worker of the cluster went away."""
+
+
+@runtime_checkable
+class DatasetLoader(Protocol):
+    """A loader that builds a tf.data pipeline over any split (tfdata, tfdata_service)."""
+
+    name: str
+
+    def dataset(
+        self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
+    ) -> tf.data.Dataset: ...
+
+
+def check_loader(loader: Loader, worker: Worker) -> None:
+    """Refuse, before any data work, a loader that cannot be sharded across workers."""
+    if worker.count > 1 and not isinstance(loader, DatasetLoader):
+        raise MultiworkerLoaderError(
+            f"loader={loader.name} does not run under strategy=multiworker ({worker.count} workers): "
+            "each worker must read its own shard of the files through a tf.data pipeline, and this "
+            "loader measures Keras' own input machinery (a PyDataset worker pool, a generator in fit, "
+            "or the whole split in one array), which a tf.data wrapper would replace. Use loader=tfdata "
+            "(or loader=tfdata_service), or strategy=mirrored on one machine."
+        )
+
+
+def shard(split: Split, index: int, count: int) -> Split:
+    """Worker `index`'s files: every count-th one from `index`, so shards differ by one file at most."""
+    return Split(split.paths[index::count], split.labels[index::count])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How an epoch divides among the workers."""
+
+    workers: int
+    global_batch: int
+    steps: int  # training steps per epoch, the same on every worker
+    train_images: int  # images trained on per epoch, all workers together
+    dropped_images: int  # training images left out of each epoch
+
+    @classmethod
+    def of(cls, num_train: int, workers: int, global_batch: int) -> Plan:
+        """Full global batches only: as many steps as the smallest shard fills."""
+        smallest = num_train // workers
+        steps = smallest // (global_batch // workers)
+        if steps == 0:
+            raise ConfigError(
+                f"{num_train} training images over {workers} workers fill no global batch of "
+                f"{global_batch}: lower batch.train or add images."
+            )
+        return cls(workers, global_batch, steps, steps * global_batch, num_train - steps * global_batch)
+
+    def params(self) -> dict[str, Any]:
+        """What the run logs about it."""
+        return {
+            "strategy.uneven_shards": UNEVEN_SHARDS,
+            "strategy.steps_per_epoch": self.steps,
+            "strategy.dropped_train_images_per_epoch": self.dropped_images,
+        }
+
+
+def training_data(
+    strategy: tf.distribute.Strategy,
+    loader: DatasetLoader,
+    split: Split,
+    decoder: ImageDecoder,
+    plan: Plan,
+    seed: int,
+) -> tf.distribute.DistributedDataset:
+    """One pipeline per worker over its own shard of the files, `plan.steps` full batches an epoch."""
+
+    def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch = context.get_per_replica_batch_size(plan.global_batch)
+        part = shard(split, context.input_pipeline_id, context.num_input_pipelines)
+        ds = loader.dataset(part, decoder, batch, True, seed + context.input_pipeline_id)
+        # Full batches only, across the loader's batch boundaries; a step takes one per local replica.
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        return ds.rebatch(batch, drop_remainder=True).take(plan.steps * local_replicas)
+
+    return strategy.distribute_datasets_from_function(make)  # the function shards: no auto-sharding
+
+
+def _sums(labels: tf.Tensor, probs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(sum of losses, correct predictions, count) of one replica's batch."""
+    losses = keras.losses.sparse_categorical_crossentropy(labels, probs)
+    correct = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32)
+    return tf.reduce_sum(losses), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)
+
+
+def _logs(totals: np.ndarray) -> dict[str, float]:
+    loss, correct, count = (float(x) for x in totals)
+    return {"loss": loss / count, "accuracy": correct / count} if count else {}
+
+
+class Steps:
+    """The loop's compiled steps; each returns (loss sum, correct, count) as a numpy array."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model):
+        self.strategy = strategy
+
+        def train(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+            context = tf.distribute.get_replica_context()
+            with tf.GradientTape() as tape:
+                probs = model(images, training=True)
+                loss_sum, correct, count = _sums(labels, probs)
+                # The mean over the global batch: each replica's sum over the cluster's count.
+                loss = loss_sum / context.all_reduce(SUM, count)
+                if model.losses:
+                    loss += tf.add_n(model.losses) / context.num_replicas_in_sync
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return context.all_reduce(SUM, tf.stack([loss_sum, correct, count]))
+
+        self._train = tf.function(lambda batch: strategy.run(train, args=batch))
+        # Evaluation runs on this worker's own shard, outside strategy.run: no collective per step,
+        # so shards of any length are fine; the sums are added across workers after the pass.
+        self._evaluate = tf.function(lambda images, labels: tf.stack(_sums(labels, model(images))))
+
+    def train(self, batch: Any) -> np.ndarray:
+        """One synchronous training step; the cluster's (loss sum, correct, count)."""
+        return self.strategy.experimental_local_results(self._train(batch))[0].numpy()
+
+    def evaluate(self, batch: Any) -> np.ndarray:
+        """One evaluation step on this worker's batch: its (loss sum, correct, count)."""
+        return self._evaluate(*batch).numpy()
+
+
+def gather(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
+    """Every worker's `values`, on every worker, in worker order: shape (workers, len(values))."""
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([values], tf.float64)
+    )
+    gathered = tf.function(lambda v: strategy.gather(v, axis=0))(per_replica).numpy()
+    return gathered[:: len(strategy.extended.worker_devices)]  # a row per replica: keep one per worker
+
+
+def assign_reduced(
+    strategy: tf.distribute.Strategy, variables: list, op: tf.distribute.ReduceOp, chief_only: bool = False
+) -> Callable[[], None]:
+    """A function that sets each variable, on every replica, to `op` over all replicas' own copies;
+    with chief_only, a SUM of replica 0's copy alone: the chief's value, broadcast."""
+
+    def local(var: Any) -> tf.Tensor:
+        value = tf.identity(var)  # in replica context: this replica's own copy
+        if not chief_only:
+            return value
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        return tf.where(first, value, tf.zeros_like(value))
+
+    @tf.function
+    def run() -> None:
+        for var in variables:
+            var.assign(strategy.reduce(op, strategy.run(functools.partial(local, var)), axis=None))
+
+    return run
+
+
+def moving_statistics(model: keras.Model) -> list:
+    """The model's floating-point non-trainable weights, e.g. BatchNormalization's moving mean and variance.
+
+    Keras 3 creates them with aggregation "none": under tf.distribute each replica updates its own
+    copy from its own batches, so the workers' copies drift apart unless averaged.
+    """
+    return [v for v in model.non_trainable_variables if v.dtype.startswith(("float", "bfloat"))]
+
+
+class EpochState:
+    """trainer.resume for the loop: TensorFlow's multi-worker checkpointing of weights, optimizer, epoch.
+
+    Saving is a collective, so every worker saves: the chief to the real folder, the others to a
+    temporary folder they delete at once. On resume the chief restores and sends its state to the
+    others, so no shared file system is needed.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, worker: Worker, folder: Path):
+        self.strategy, self.worker, self.folder = strategy, worker, Path(folder)
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.variables = [*model.variables, *model.optimizer.variables, self.epoch]
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
+
+    def restore(self) -> int:
+        """Load the chief's latest checkpoint on every worker; the epoch to continue from (0: none)."""
+        latest = tf.train.latest_checkpoint(self.folder) if self.worker.is_chief else None
+        found = gather(self.strategy, [1.0 if latest else 0.0])[0, 0]
+        if not found:
+            return 0
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        assign_reduced(self.strategy, self.variables, SUM, chief_only=True)()
+        log.info("Resumed from %s at epoch %d", self.folder, int(self.epoch.numpy()))
+        return int(self.epoch.numpy())
+
+    def save(self, epochs_done: int) -> None:
+        """Record that `epochs_done` epochs are complete (every worker calls it)."""
+        self.epoch.assign(epochs_done)
+        folder = self.folder if self.worker.is_chief else Path(tempfile.mkdtemp(prefix="ckpt-"))
+        tf.train.CheckpointManager(self.checkpoint, str(folder), max_to_keep=2).save(epochs_done)
+        if not self.worker.is_chief:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def unreachable_workers(cluster: dict[str, list[str]], me: Worker) -> list[str]:
+    """The other workers whose address no longer takes connections (their process is gone)."""
+    addresses = [*cluster.get("chief", []), *cluster.get("worker", [])]
+    lost = []
+    for index, address in enumerate(addresses):
+        if index == me.index:
+            continue
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError:
+            lost.append(f"worker {index} ({address})")
+    return lost
+
+
+def lost_worker_message(strategy: tf.distribute.Strategy, me: Worker) -> str:
+    """Why the cluster stopped, naming the workers that went away where they can be told."""
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    lost = unreachable_workers(cluster, me)
+    who = ", ".join(lost) if lost else "another worker (all addresses still answer: it may hang)"
+    return (
+        f"Lost {who} of the {me.count}-worker cluster: worker {me.index} waited for it in a collective "
+        "step. Restart every worker with trainer.resume=<its run folder> to continue from the last "
+        "finished epoch."
+    )
+
+
+def fit(
+    strategy: tf.distribute.Strategy,
+    worker: Worker,
+    model: keras.Model,
+    loader: DatasetLoader,
+    train: Split,
+    val: Split,
+    decoder: ImageDecoder,
+    plan: Plan,
+    val_batch: int,  # this worker's
+    seed: int,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    state_folder: Path,
+    verbose: int | str = "auto",
+) -> keras.callbacks.History:
+    """Train like model.fit: the same callbacks, per-epoch val_loss over the whole validation split."""
+    state = EpochState(strategy, model, worker, state_folder)
+    initial_epoch = state.restore()
+    train_data = training_data(strategy, loader, train, decoder, plan, seed)
+    val_data = loader.dataset(shard(val, worker.index, worker.count), decoder, val_batch, False, seed)
+    steps = Steps(strategy, model)
+    # Averaging exponential moving averages that started equal gives the average of the updates:
+    # the statistics Keras 2's MEAN aggregation kept, and the same weights on every worker.
+    average_statistics = assign_reduced(strategy, moving_statistics(model), MEAN)
+    hooks = keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=worker.is_chief and verbose != 0,
+        model=model,
+        verbose=verbose if worker.is_chief else 0,
+        epochs=epochs,
+        steps=plan.steps,
+    )
+    model.stop_training = False
+    hooks.on_train_begin()
+    logs: dict[str, float] = {}
+    try:
+        for epoch in range(initial_epoch, epochs):
+            # Start every worker's epoch clock together: a worker still checkpointing or logging the
+            # last epoch would otherwise count in the others' first step.
+            gather(strategy, [0.0])
+            hooks.on_epoch_begin(epoch)
+            logs = _logs(_run(steps.train, train_data, hooks.on_train_batch_begin, hooks.on_train_batch_end))
+            average_statistics()  # before validation and the checkpoint
+            hooks.on_test_begin()
+            local = _run(steps.evaluate, val_data, hooks.on_test_batch_begin, hooks.on_test_batch_end)
+            val_logs = _logs(gather(strategy, list(local)).sum(axis=0))  # every worker's part: the split
+            hooks.on_test_end(val_logs)
+            logs |= {f"val_{k}": v for k, v in val_logs.items()}
+            hooks.on_epoch_end(epoch, logs)
+            state.save(epoch + 1)
+            if model.stop_training:  # EarlyStopping: every worker sees the same val_loss, so all stop
+                break
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError) as e:  # fmt: skip
+        raise WorkerLostError(f"{lost_worker_message(strategy, worker)} ({type(e).__name__})") from e
+    hooks.on_train_end(logs)
+    return model.history
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """A checksum of the model's weights: equal on every worker when they trained in step."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def _run(
+    step: Callable[[Any], np.ndarray],
+    data: Iterable[Any],
+    on_begin: Callable[..., None],
+    on_end: Callable[..., None],
+) -> np.ndarray:
+    """One pass over the data; the (loss sum, correct, count) totals. Each step's callbacks get the
+    running mean loss and accuracy."""
+    totals = np.zeros(3)
+    for i, batch in enumerate(data):
+        on_begin(i)
+        totals += step(batch)
+        on_end(i, _logs(totals))
+    return totals
