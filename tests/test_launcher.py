@@ -32,7 +32,9 @@ def test_discovery_finds_it_without_importing_loaderlab_or_cloudpickle() -> None
     assert "HEAVY []" in out
 
 
-@pytest.mark.parametrize("launcher_name, overrides", [("isolated", [])])
+# chdir=True: the suite checks each job's log in its working directory (Hydra's pre-1.2 default,
+# which the version_base="1.3" our other tests set would otherwise turn off for the session).
+@pytest.mark.parametrize("launcher_name, overrides", [("isolated", ["hydra.job.chdir=True"])])
 class TestIsolatedLauncher(LauncherTestSuite):
     """Hydra's own launcher checks: sweeps of 1 and 2 jobs, overrides, bad keys."""
 

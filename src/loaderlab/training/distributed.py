@@ -9,12 +9,8 @@ manifest per worker, and TensorFlow's multi-worker checkpointing for trainer.res
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-import shutil
-import socket
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +23,19 @@ import tensorflow as tf
 from loaderlab.data.manifest import Split
 from loaderlab.loaders.base import Loader
 from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.training.cluster import (
+    SUM,
+    EpochState,
+    WorkerLostError,
+    assign_reduced,
+    gather,
+    lost_worker_message,
+)
 from loaderlab.training.distribute import Worker
 from loaderlab.validate import ConfigError
 
 log = logging.getLogger(__name__)
-SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
+MEAN = tf.distribute.ReduceOp.MEAN
 # Training: every worker runs the same number of full steps; the images past the last full step
 # of a worker's shard (fewer than a global batch in all) are left out of that epoch.
 UNEVEN_SHARDS = "drop"
@@ -39,10 +43,6 @@ UNEVEN_SHARDS = "drop"
 
 class MultiworkerLoaderError(ConfigError):
     """The loader has no tf.data pipeline that each worker could shard."""
-
-
-class WorkerLostError(RuntimeError):
-    """A collective failed because another worker of the cluster went away."""
 
 
 @runtime_checkable
@@ -170,36 +170,6 @@ class Steps:
         return self._evaluate(*batch).numpy()
 
 
-def gather(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
-    """Every worker's `values`, on every worker, in worker order: shape (workers, len(values))."""
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda _: tf.constant([values], tf.float64)
-    )
-    gathered = tf.function(lambda v: strategy.gather(v, axis=0))(per_replica).numpy()
-    return gathered[:: len(strategy.extended.worker_devices)]  # a row per replica: keep one per worker
-
-
-def assign_reduced(
-    strategy: tf.distribute.Strategy, variables: list, op: tf.distribute.ReduceOp, chief_only: bool = False
-) -> Callable[[], None]:
-    """A function that sets each variable, on every replica, to `op` over all replicas' own copies;
-    with chief_only, a SUM of replica 0's copy alone: the chief's value, broadcast."""
-
-    def local(var: Any) -> tf.Tensor:
-        value = tf.identity(var)  # in replica context: this replica's own copy
-        if not chief_only:
-            return value
-        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
-        return tf.where(first, value, tf.zeros_like(value))
-
-    @tf.function
-    def run() -> None:
-        for var in variables:
-            var.assign(strategy.reduce(op, strategy.run(functools.partial(local, var)), axis=None))
-
-    return run
-
-
 def moving_statistics(model: keras.Model) -> list:
     """The model's floating-point non-trainable weights, e.g. BatchNormalization's moving mean and variance.
 
@@ -207,70 +177,6 @@ def moving_statistics(model: keras.Model) -> list:
     copy from its own batches, so the workers' copies drift apart unless averaged.
     """
     return [v for v in model.non_trainable_variables if v.dtype.startswith(("float", "bfloat"))]
-
-
-class EpochState:
-    """trainer.resume for the loop: TensorFlow's multi-worker checkpointing of weights, optimizer, epoch.
-
-    Saving is a collective, so every worker saves: the chief to the real folder, the others to a
-    temporary folder they delete at once. On resume the chief restores and sends its state to the
-    others, so no shared file system is needed.
-    """
-
-    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, worker: Worker, folder: Path):
-        self.strategy, self.worker, self.folder = strategy, worker, Path(folder)
-        with strategy.scope():
-            model.optimizer.build(model.trainable_variables)
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.variables = [*model.variables, *model.optimizer.variables, self.epoch]
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
-
-    def restore(self) -> int:
-        """Load the chief's latest checkpoint on every worker; the epoch to continue from (0: none)."""
-        latest = tf.train.latest_checkpoint(self.folder) if self.worker.is_chief else None
-        found = gather(self.strategy, [1.0 if latest else 0.0])[0, 0]
-        if not found:
-            return 0
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        assign_reduced(self.strategy, self.variables, SUM, chief_only=True)()
-        log.info("Resumed from %s at epoch %d", self.folder, int(self.epoch.numpy()))
-        return int(self.epoch.numpy())
-
-    def save(self, epochs_done: int) -> None:
-        """Record that `epochs_done` epochs are complete (every worker calls it)."""
-        self.epoch.assign(epochs_done)
-        folder = self.folder if self.worker.is_chief else Path(tempfile.mkdtemp(prefix="ckpt-"))
-        tf.train.CheckpointManager(self.checkpoint, str(folder), max_to_keep=2).save(epochs_done)
-        if not self.worker.is_chief:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def unreachable_workers(cluster: dict[str, list[str]], me: Worker) -> list[str]:
-    """The other workers whose address no longer takes connections (their process is gone)."""
-    addresses = [*cluster.get("chief", []), *cluster.get("worker", [])]
-    lost = []
-    for index, address in enumerate(addresses):
-        if index == me.index:
-            continue
-        host, port = address.rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except OSError:
-            lost.append(f"worker {index} ({address})")
-    return lost
-
-
-def lost_worker_message(strategy: tf.distribute.Strategy, me: Worker) -> str:
-    """Why the cluster stopped, naming the workers that went away where they can be told."""
-    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-    lost = unreachable_workers(cluster, me)
-    who = ", ".join(lost) if lost else "another worker (all addresses still answer: it may hang)"
-    return (
-        f"Lost {who} of the {me.count}-worker cluster: worker {me.index} waited for it in a collective "
-        "step. Restart every worker with trainer.resume=<its run folder> to continue from the last "
-        "finished epoch."
-    )
 
 
 def fit(

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -22,6 +20,7 @@ from loaderlab.loaders.base import Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.monitor import GpuMemory, MemorySampler, NvmlMemory, TensorFlowMemory, ThroughputTracker
 from loaderlab.sweep import job_run_name
+from loaderlab.training.context import RUN_ID_FILE, hydra_facts, state_folder
 from loaderlab.training.distribute import Worker, worker_of
 from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrupt
 from loaderlab.utils import environment
@@ -29,7 +28,6 @@ from loaderlab.utils.system import MB
 from loaderlab.validate import check_config, drop_bad_images
 
 log = logging.getLogger(__name__)
-RUN_ID_FILE = "mlflow_run_id"
 
 
 def train(cfg: DictConfig) -> float:
@@ -131,7 +129,7 @@ def _fit_multiworker(
     monitors: Monitors,
 ) -> dict[str, float]:
     """The distributed loop in fit's place; returns every worker's peak memory, gathered on each."""
-    from loaderlab.training import distributed
+    from loaderlab.training import cluster, distributed
 
     replicas = strategy.num_replicas_in_sync
     plan = distributed.Plan.of(len(manifest.train), worker.count, cfg.batch.train * replicas)
@@ -160,7 +158,7 @@ def _fit_multiworker(
     mlflow.set_tag("weights_sha256", distributed.weights_sha256(model))  # the same on every worker
     monitors.sampler.sample()
     # A collective: every worker sends its peak; all of them must reach this line.
-    peaks = distributed.gather(strategy, [float(monitors.sampler.peak_bytes)])[:, 0]
+    peaks = cluster.gather(strategy, [float(monitors.sampler.peak_bytes)])[:, 0]
     figures = {f"peak_rss_mb_worker{i}": float(peak) / MB for i, peak in enumerate(peaks)}
     return figures | {"peak_rss_mb": float(max(peaks)) / MB}
 
@@ -303,42 +301,6 @@ def _callbacks(
         fail = functools.partial(tracking.fail_run, run_id)
         callbacks.append(StallWatchdog(cfg.trainer.stall_timeout_s, fail, explain=explain))
     return callbacks
-
-
-def hydra_facts() -> tuple[str, bool, str]:
-    """(the job's command-line overrides, whether it runs in a process of its own, the loader option)."""
-    if not HydraConfig.initialized():
-        return "", True, "job"
-    hydra_cfg = HydraConfig.get()
-    overrides = " ".join(hydra_cfg.overrides.task)
-    loader = hydra_cfg.runtime.choices.get("loader") or "job"
-    if hydra_cfg.mode == RunMode.RUN:
-        return overrides, True, loader
-    return overrides, os.environ.get(environment.ISOLATED_ENV) == "1", loader
-
-
-def state_folder(cfg: DictConfig) -> Path:
-    """Where checkpoints and the MLflow run id live: this job's folder, or the one resumed."""
-    resume = cfg.trainer.resume
-    if resume in (False, None):
-        return Path(cfg.paths.output_dir)
-    if resume is True:
-        runs = sorted(
-            Path(cfg.paths.outputs).glob(f"*runs/**/{RUN_ID_FILE}"), key=lambda p: p.stat().st_mtime
-        )
-        if not runs:
-            raise FileNotFoundError(
-                "trainer.resume=true but no earlier run was found under "
-                f"{cfg.paths.outputs}. Pass the run folder: trainer.resume=<path>."
-            )
-        return runs[-1].parent
-    folder = Path(str(resume))
-    if not (folder / RUN_ID_FILE).exists():
-        raise FileNotFoundError(
-            f"trainer.resume={resume}: no {RUN_ID_FILE} in that folder; "
-            "pass the output folder of an earlier run."
-        )
-    return folder
 
 
 def _best_val_loss(run_id: str) -> float:

@@ -1,0 +1,50 @@
+"""Where a job stands: what Hydra says of it, and the folder its state (checkpoints, run id) lives in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from loaderlab.utils import environment
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def hydra_facts() -> tuple[str, bool, str]:
+    """(the job's command-line overrides, whether it runs in a process of its own, the loader option)."""
+    if not HydraConfig.initialized():
+        return "", True, "job"
+    hydra_cfg = HydraConfig.get()
+    overrides = " ".join(hydra_cfg.overrides.task)
+    loader = hydra_cfg.runtime.choices.get("loader") or "job"
+    if hydra_cfg.mode == RunMode.RUN:
+        return overrides, True, loader
+    return overrides, os.environ.get(environment.ISOLATED_ENV) == "1", loader
+
+
+def state_folder(cfg: DictConfig) -> Path:
+    """Where checkpoints and the MLflow run id live: this job's folder, or the one resumed."""
+    resume = cfg.trainer.resume
+    if resume in (False, None):
+        return Path(cfg.paths.output_dir)
+    if resume is True:
+        runs = sorted(
+            Path(cfg.paths.outputs).glob(f"*runs/**/{RUN_ID_FILE}"), key=lambda p: p.stat().st_mtime
+        )
+        if not runs:
+            raise FileNotFoundError(
+                "trainer.resume=true but no earlier run was found under "
+                f"{cfg.paths.outputs}. Pass the run folder: trainer.resume=<path>."
+            )
+        return runs[-1].parent
+    folder = Path(str(resume))
+    if not (folder / RUN_ID_FILE).exists():
+        raise FileNotFoundError(
+            f"trainer.resume={resume}: no {RUN_ID_FILE} in that folder; "
+            "pass the output folder of an earlier run."
+        )
+    return folder
