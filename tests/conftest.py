@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,22 @@ CONF_DIR = str(PROJECT_ROOT / "conf")
 
 # Small enough to train in seconds, big enough for a stratified split and several batches.
 TINY = {"num_images": 96, "image_size": 40, "num_classes": 4, "seed": 0}
+
+
+def train_command(outputs: Path, data_root: Path, *overrides: str) -> list[str]:
+    """`python src/train.py` on a tiny dataset, small and quick, writing under outputs; overrides win."""
+    return [
+        sys.executable,
+        str(PROJECT_ROOT / "src" / "train.py"),
+        f"paths.outputs={outputs}",
+        f"data.root={data_root}",
+        *(f"data.{k}={v}" for k, v in TINY.items()),
+        "model.input_size=32",
+        "trainer.verbose=2",
+        "batch.train=16",
+        "batch.val=16",
+        *overrides,
+    ]
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

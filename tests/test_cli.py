@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
-from loaderlab import PROJECT_ROOT
+from conftest import train_command
 
 pytestmark = pytest.mark.slow
-TRAIN = str(PROJECT_ROOT / "src" / "train.py")
 
 
 def run_train(tmp_path: Path, tiny_root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """python src/train.py on the tiny dataset with every output under tmp_path."""
-    command = [
-        sys.executable,
-        TRAIN,
-        *(a for a in args if a.startswith("-")),  # argparse wants flags before overrides
-        f"paths.outputs={tmp_path}",
-        f"data.root={tiny_root}",
-        *(f"data.{k}={v}" for k, v in TINY.items()),
-        "model.input_size=32",
-        "trainer.epochs=1",
-        "trainer.verbose=2",
-        "batch.train=16",
-        "batch.val=16",
-        *(a for a in args if not a.startswith("-")),  # last, so they win
-    ]
+    flags = [a for a in args if a.startswith("-")]  # argparse wants flags before overrides
+    command = train_command(tmp_path, tiny_root, "trainer.epochs=1", *(a for a in args if a not in flags))
+    command[2:2] = flags
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,8 +18,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
-from loaderlab import PROJECT_ROOT
+from conftest import TINY, train_command
 
 pytestmark = pytest.mark.slow
 PROCESSES = ["loader=sequence", "loader.use_multiprocessing=true", "loader.workers=2"]
@@ -49,21 +47,15 @@ class TrainProcess:
     """python src/train.py in a new session, its output read line by line."""
 
     def __init__(self, tmp_path: Path, tiny_root: Path, *overrides: str):
-        command = [
-            sys.executable,
-            str(PROJECT_ROOT / "src" / "train.py"),
-            f"paths.outputs={tmp_path}",
-            f"data.root={tiny_root}",
-            *(f"data.{k}={v}" for k, v in TINY.items()),
-            "model.input_size=32",
+        command = train_command(
+            tmp_path,
+            tiny_root,
             "trainer.epochs=200",
-            "trainer.verbose=2",
             "trainer.early_stopping_patience=null",
             "batch.train=2",
-            "batch.val=16",
             "hydra.run.dir=" + str(tmp_path / "run"),
             *overrides,
-        ]
+        )
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.proc = subprocess.Popen(
             command,

@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
-from loaderlab import PROJECT_ROOT
+from conftest import TINY, train_command
 from loaderlab.data.manifest import make_split
 from loaderlab.data.synthetic import synthetic_manifest
 from loaderlab.loaders import ImageDecoder, ImageSpec
@@ -94,20 +92,15 @@ def start_cluster(
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         }
-        command = [
-            sys.executable,
-            str(PROJECT_ROOT / "src" / "train.py"),
+        command = train_command(
+            outputs,
+            data_root,
             *(["strategy=multiworker"] if workers > 1 else []),
-            f"paths.outputs={outputs}",
-            f"data.root={data_root}",
-            *(f"data.{k}={v}" for k, v in TINY.items()),
-            "model.input_size=32",
-            "trainer.verbose=2",
             f"batch.train={BATCH}",
             f"batch.val={BATCH}",
             f"hydra.run.dir={folder}",
             *(o.replace("{i}", str(index)) for o in overrides),
-        ]
+        )
         log = folder.parent / f"worker{index}.out"
         with open(log, "w") as out:
             jobs.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))

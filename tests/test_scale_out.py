@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import train_command
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.folder import folder_manifest
 from loaderlab.loaders import ImageDecoder, ImageSpec
@@ -100,20 +100,13 @@ def test_training_against_a_real_mlflow_server_over_http(tmp_path: Path, tiny_ro
         uri = f"http://127.0.0.1:{port}"
         wait_for_health(uri)
         result = subprocess.run(
-            [
-                sys.executable,
-                str(PROJECT_ROOT / "src" / "train.py"),
+            train_command(
+                tmp_path,
+                tiny_root,
                 f"tracking.uri={uri}",
                 "tracking.artifact_location=null",
-                f"paths.outputs={tmp_path}",
-                f"data.root={tiny_root}",
-                *(f"data.{k}={v}" for k, v in TINY.items()),
-                "model.input_size=32",
                 "trainer.epochs=1",
-                "trainer.verbose=2",
-                "batch.train=16",
-                "batch.val=16",
-            ],
+            ),
             capture_output=True,
             text=True,
             timeout=300,
@@ -202,19 +195,9 @@ def train_against(uri: str, outputs: Path, data_root: Path, experiment: str, cre
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     return subprocess.run(
         [
-            sys.executable,
-            str(PROJECT_ROOT / "src" / "train.py"),
+            *train_command(outputs, data_root, "trainer.epochs=1", "tracking.artifact_location=null"),
             f"tracking.uri={uri}",
             f"tracking.experiment={experiment}",
-            "tracking.artifact_location=null",
-            f"paths.outputs={outputs}",
-            f"data.root={data_root}",
-            *(f"data.{k}={v}" for k, v in TINY.items()),
-            "model.input_size=32",
-            "trainer.epochs=1",
-            "trainer.verbose=2",
-            "batch.train=16",
-            "batch.val=16",
         ],
         capture_output=True,
         text=True,
