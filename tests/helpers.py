@@ -26,3 +26,36 @@ def make_folder_dataset(root: Path, counts: dict[str, int], ext: str = ".jpg") -
         for i in range(n):
             write_image(root / name / f"{i:03d}", ext=ext)
     return root
+
+
+def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A BGR picture with what photos have: smooth shading, edges, fine texture and sensor noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(30, 225, (4, 5, 3)).astype(np.float32)
+    image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)  # smooth gradients
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image += (18 * np.sin(x / 2.3 + y / 3.1) * np.cos(y / 5.7))[..., None]  # texture finer than 224 px
+    for _ in range(5):  # hard edges
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        radius = int(rng.integers(height // 10, height // 3))
+        cv2.circle(image, center, radius, rng.uniform(0, 255, 3).tolist(), -1, cv2.LINE_AA)
+    image += rng.normal(0, 6, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_mixed_dataset(root: Path) -> Path:
+    """root/<class>/ textured images of sizes that a (36, 28) input decodes at 1/8, 1/4, 1/2 and full
+    scale: baseline and progressive JPEGs, a greyscale JPEG and a PNG."""
+    sizes = [(288, 230), (144, 112), (72, 56), (70, 56)]
+    for c, name in enumerate(("a", "b")):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, size in enumerate(sizes):
+            image = photo_like(*size, seed=10 * c + i)
+            for progressive in (0, 1):
+                params = [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_PROGRESSIVE, progressive]
+                assert cv2.imwrite(str(folder / f"{i}-{progressive}.jpg"), image, params)
+        big = photo_like(288, 230, seed=c)
+        assert cv2.imwrite(str(folder / "grey.jpg"), cv2.cvtColor(big, cv2.COLOR_BGR2GRAY))
+        assert cv2.imwrite(str(folder / "big.png"), big)
+    return root

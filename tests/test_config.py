@@ -57,6 +57,7 @@ def test_unknown_loader_is_refused_with_the_options() -> None:
         (["model=vgg16", "model.input_size=16"], "at least 32 px"),
         (["data.channels=2"], "data.channels must be 1 or 3"),
         (["data.on_bad_image=ignore"], "data.on_bad_image must be one of"),
+        (["data.scaled_decode=sometimes"], "data.scaled_decode must be true or false"),
     ],
 )
 def test_bad_values_say_what_to_change(overrides: list[str], message: str) -> None:
@@ -67,6 +68,14 @@ def test_bad_values_say_what_to_change(overrides: list[str], message: str) -> No
 def test_rectangular_input_size() -> None:
     spec = check_config(compose_config(["model.input_size=[48,64]", "data.channels=1"]))
     assert spec.shape == (48, 64, 1)
+
+
+@pytest.mark.parametrize("data", ["synthetic", "folder", "csv"])
+def test_scaled_decode_is_on_by_default_and_can_be_turned_off(data: str) -> None:
+    required = {"folder": ["data.root=/x"], "csv": ["data.csv=/x.csv"]}.get(data, [])
+    assert check_config(compose_config([f"data={data}", *required])).scaled_decode is True
+    off = check_config(compose_config([f"data={data}", *required, "data.scaled_decode=false"]))
+    assert off.scaled_decode is False
 
 
 @pytest.mark.parametrize("launcher", ["isolated", "slurm"])

@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import train_command
+from helpers import make_mixed_dataset
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.folder import folder_manifest
 from loaderlab.loaders import ImageDecoder, ImageSpec
@@ -35,10 +36,15 @@ def data_service():
         server.stop()
 
 
-def test_tfdata_service_serves_the_same_pixels_as_tfdata(data_service: str, tiny_root: Path) -> None:
+@pytest.mark.parametrize("data", ["tiny", "mixed"])
+def test_tfdata_service_serves_the_same_pixels_as_tfdata(
+    data_service: str, tiny_root: Path, tmp_path: Path, data: str
+) -> None:
+    """The service decodes with TF ops, at the same libjpeg scale as OpenCV (mixed: every scale)."""
     from loaderlab.loaders.tfdata_service import TFDataServiceLoader
 
-    manifest = folder_manifest(str(tiny_root), val_fraction=0.25)
+    root = tiny_root if data == "tiny" else make_mixed_dataset(tmp_path / "mixed")
+    manifest = folder_manifest(str(root), val_fraction=0.25)
     for channels in (3, 1):
         decoder = ImageDecoder(ImageSpec(36, 28, channels))
         served = TFDataServiceLoader(dispatcher=data_service, processing_mode="distributed_epoch")

@@ -29,10 +29,13 @@ def check_config(cfg: DictConfig) -> ImageSpec:
             f"data.on_bad_image must be one of {list(ON_BAD_IMAGE)}, got {cfg.data.on_bad_image!r}."
         )
     try:
-        spec = ImageSpec.from_config(cfg.model.input_size, cfg.data.channels)
+        spec = ImageSpec.from_config(
+            cfg.model.input_size, cfg.data.channels, cfg.data.get("scaled_decode", True)
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(
-            f"{e} model.input_size is an int or [height, width]; data.channels is 1 or 3."
+            f"{e} model.input_size is an int or [height, width]; data.channels is 1 or 3; "
+            "data.scaled_decode is true or false."
         ) from None
     minimum = cfg.model.get("min_input_size", 1)
     if min(spec.height, spec.width) < minimum:

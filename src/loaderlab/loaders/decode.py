@@ -19,6 +19,16 @@ _FLAGS = {
     3: (cv2.IMREAD_COLOR if _RGB is None else _RGB) | cv2.IMREAD_IGNORE_ORIENTATION,
     1: cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
 }
+JPEG_SCALES = (8, 4, 2)  # libjpeg's DCT-domain reductions, the largest first (1 = full size)
+# REDUCED_COLOR_n is REDUCED_GRAYSCALE_n | IMREAD_COLOR; OpenCV 5 refuses IMREAD_COLOR together with
+# IMREAD_COLOR_RGB, so a reduced RGB decode is the GRAYSCALE_n scale bit plus the RGB flag.
+_REDUCED = {
+    channels: {n: getattr(cv2, f"IMREAD_REDUCED_GRAYSCALE_{n}") | _FLAGS[channels] for n in JPEG_SCALES}
+    for channels in _FLAGS
+}
+# JPEG frame headers (SOF0-SOF15 but DHT, JPG and DAC), which hold the image's height and width.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers with no length field: TEM, RST0-7
 ON_BAD_IMAGE = ("error", "skip")
 
 
@@ -35,11 +45,12 @@ class BadImageError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """The shape every loader outputs: (height, width, channels), uint8."""
+    """What every loader outputs, (height, width, channels) uint8, and how JPEGs are decoded to it."""
 
     height: int
     width: int
     channels: int = 3
+    scaled_decode: bool = True  # JPEGs decode at the smallest libjpeg scale that covers (height, width)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -50,32 +61,87 @@ class ImageSpec:
         return self.height * self.width * self.channels
 
     @classmethod
-    def from_config(cls, input_size: int | list[int], channels: int) -> ImageSpec:
-        """Build from `model.input_size` (int or [height, width]) and `data.channels`."""
+    def from_config(cls, input_size: int | list[int], channels: int, scaled_decode: bool = True) -> ImageSpec:
+        """Build from `model.input_size` (int or [height, width]), `data.channels`, `data.scaled_decode`."""
         if isinstance(input_size, int):
             height = width = input_size
         else:
             height, width = (int(v) for v in input_size)
         if channels not in _FLAGS:
             raise ValueError(f"data.channels must be 1 or 3, got {channels}.")
-        return cls(height, width, channels)
+        if not isinstance(scaled_decode, bool):
+            raise ValueError(f"data.scaled_decode must be true or false, got {scaled_decode!r}.")
+        return cls(height, width, channels, scaled_decode)
+
+
+def jpeg_size(data: bytes | bytearray | memoryview | np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header in `data`; None if it is not a JPEG or has none."""
+    view = memoryview(data).cast("B")  # indexing a memoryview gives ints, without NumPy scalars
+    end = len(view)
+    if end < 4 or view[0] != 0xFF or view[1] != 0xD8:
+        return None
+    i = 2
+    while i + 4 <= end:
+        if view[i] != 0xFF:
+            return None  # lost sync: not a marker where one must be
+        marker = view[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker == 0xDA or marker == 0xD9:  # scan data or end of image before any frame header
+            return None
+        if marker in _SOF:
+            if i + 9 > end:
+                return None
+            height = view[i + 5] << 8 | view[i + 6]
+            width = view[i + 7] << 8 | view[i + 8]
+            return (height, width) if height and width else None  # height 0: set later by a DNL marker
+        i += 2 + (view[i + 2] << 8 | view[i + 3])  # skip the segment: its length counts its own 2 bytes
+    return None
+
+
+def jpeg_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The largest libjpeg reduction n (8, 4, 2, else 1) whose output still covers target on both sides.
+
+    libjpeg decodes a side of s pixels at 1/n scale to ceil(s / n) pixels.
+    """
+    (height, width), (target_h, target_w) = size, target
+    for n in JPEG_SCALES:
+        if -(-height // n) >= target_h and -(-width // n) >= target_w:
+            return n
+    return 1
+
+
+def decode_flags(data: bytes | np.ndarray, spec: ImageSpec) -> int:
+    """cv2.imdecode flags for this file: a reduced JPEG decode where the spec allows and the size permits."""
+    if spec.scaled_decode:
+        size = jpeg_size(data)
+        if size is not None:
+            n = jpeg_scale(size, (spec.height, spec.width))
+            if n > 1:
+                return _REDUCED[spec.channels][n]
+    return _FLAGS[spec.channels]  # PNG, BMP (OpenCV would shrink them with a resize) and full-size JPEG
 
 
 def decode_resize(path: str, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode one file to uint8 HWC at spec's size, or raise BadImageError.
+    """Decode one file (a JPEG at a reduced scale, see ImageSpec) to uint8 HWC at spec's size, or raise.
 
     With `out` (a C-contiguous uint8 array of spec.shape, e.g. one slot of a batch), the result is
     written there and no output buffer is allocated.
     """
     try:
-        buffer = np.fromfile(path, dtype=np.uint8)  # np.fromfile copes with any file name
+        with open(path, "rb", buffering=0) as f:  # any file name, at half np.fromfile's overhead
+            data = f.read()
     except FileNotFoundError:
         raise BadImageError(path, "file does not exist") from None
     except OSError as e:
         raise BadImageError(path, f"cannot be read ({e.strerror})") from None
-    if buffer.size == 0:
+    if not data:
         raise BadImageError(path, "file is empty (0 bytes)")
-    image = cv2.imdecode(buffer, _FLAGS[spec.channels])
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), decode_flags(data, spec))
     if image is None:
         raise BadImageError(path, "not a decodable image (truncated, corrupt or another format)")
     if spec.channels == 3 and _RGB is None:
@@ -134,7 +200,7 @@ def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
 
 @dataclass
 class ImageDecoder:
-    """decode_resize plus the `data.on_bad_image` policy; keeps (path, reason) of what it skipped."""
+    """decode_resize plus the `data.on_bad_image` policy; keeps (path, reason) of each file it skipped."""
 
     spec: ImageSpec
     on_bad_image: str = "error"
@@ -162,13 +228,19 @@ class ImageDecoder:
         except BadImageError as e:
             if self.on_bad_image == "error":
                 raise
-            with self._lock:
-                self.skipped.append((e.path, e.reason))
+            with self._lock:  # each file once, however often an epoch (or a look-ahead) meets it
+                if all(path != e.path for path, _ in self.skipped):
+                    self.skipped.append((e.path, e.reason))
             return None
 
-    def batch(self, paths, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decode a batch in place into one array; skipped images are left out of both arrays."""
-        images = aligned_empty((len(paths), *self.spec.shape))
+    def batch(
+        self, paths, labels: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode a batch in place into one array (`out`, at least len(paths) images, when given).
+
+        Skipped images are left out of both arrays.
+        """
+        images = aligned_empty((len(paths), *self.spec.shape)) if out is None else out[: len(paths)]
         keep = np.ones(len(paths), dtype=bool)
         for i, path in enumerate(paths):
             if isinstance(path, bytes):

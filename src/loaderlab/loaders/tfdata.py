@@ -1,4 +1,4 @@
-"""tf.data: shuffle paths, decode batches in parallel (OpenCV releases the GIL), prefetch."""
+"""tf.data: shuffle paths, decode in parallel in TensorFlow's threads, prefetch."""
 
 from __future__ import annotations
 
@@ -10,25 +10,34 @@ from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder
 from loaderlab.utils.system import usable_cores
 
+DECODERS = ("opencv", "tf")
+
 
 class TFDataLoader(Loader):
-    """A tf.data pipeline: batches of paths decoded `num_parallel_calls` at a time, `prefetch` ready ahead."""
+    """A tf.data pipeline: paths decoded `num_parallel_calls` at a time, `prefetch` batches ready ahead.
+
+    decode=opencv runs the shared OpenCV decoder over whole batches in a numpy_function (OpenCV
+    releases the GIL); decode=tf runs the same spec as TensorFlow ops, image by image (tf_decode).
+    """
 
     name = "tfdata"
 
     def __init__(
         self,
+        decode: str = "opencv",
         num_parallel_calls: int | None = None,
         prefetch: int | None = None,
         shuffle_buffer: int | None = None,
         deterministic: bool = False,
         cache: str | None = None,
         autotune: bool = True,
+        private_threadpool_size: int | None = None,
     ):
-        # tf.data's autotuner sizes the null knobs by default. autotune=false fixes them instead:
-        # one batch (64 decodes, a long even task) in flight per core and 2 prefetched, which was
-        # faster on a 2-core machine, where the autotuner stalled a third to a half of the epochs
-        # by ~0.13 s at their end (TF 2.21): 0.79x the throughput, paired in one process.
+        if decode not in DECODERS:
+            raise ValueError(f"loader.decode must be one of {DECODERS}, got {decode!r}.")
+        self.decode = decode
+        # tf.data's autotuner sizes the null knobs by default; autotune=false fixes them instead:
+        # one batch (opencv) or one image (tf) in flight per core, and 2 batches prefetched.
         self.autotune = autotune
         default = tf.data.AUTOTUNE if autotune else None
         self.num_parallel_calls = num_parallel_calls or default or usable_cores()
@@ -36,31 +45,48 @@ class TFDataLoader(Loader):
         self.shuffle_buffer = shuffle_buffer  # None: the whole split, a perfect shuffle of paths
         self.deterministic = deterministic
         self.cache = cache  # None, "memory", or a file prefix for decoded images
+        # Threads of the pipeline's own, apart from the pool the model's ops run in; None: shared.
+        self.private_threadpool_size = private_threadpool_size
 
-    def dataset(
-        self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
+    def _decoded_batches(
+        self, ds: tf.data.Dataset, decoder: ImageDecoder, batch_size: int
     ) -> tf.data.Dataset:
-        """The pipeline, one pass over the split."""
-        shape = decoder.spec.shape
+        """(path, label) elements to batches of decoded (images, labels)."""
+        spec = decoder.spec
+        if self.decode == "tf":
+            from loaderlab.loaders.tf_decode import tf_decode_resize
+
+            ds = ds.map(
+                lambda path, label: (tf_decode_resize(path, spec), label),
+                num_parallel_calls=self.num_parallel_calls,
+                deterministic=self.deterministic,
+            )
+            if decoder.on_bad_image == "skip":
+                # TF ops cannot report which file failed to Python: a file that breaks mid-run is
+                # left out with a warning in the log, but not counted (the up-front check counts).
+                ds = ds.ignore_errors(log_warning=True)
+            return ds.batch(batch_size)
 
         def decode_batch(paths: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             images, labels = tf.numpy_function(
                 decoder.batch, [paths, labels], [tf.uint8, tf.int32], stateful=False
             )
-            images.set_shape((None, *shape))
+            images.set_shape((None, *spec.shape))
             labels.set_shape((None,))
             return images, labels
 
+        return ds.batch(batch_size).map(
+            decode_batch, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic
+        )
+
+    def dataset(
+        self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
+    ) -> tf.data.Dataset:
+        """The pipeline, one pass over the split."""
         ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels.astype(np.int32)))
         if self.cache:
             # Decode once, then serve from the cache; shuffle decoded images after it.
-            ds = (
-                ds.batch(batch_size)
-                .map(
-                    decode_batch, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic
-                )
-                .unbatch()
-            )
+            ds = self._decoded_batches(ds, decoder, batch_size).unbatch()
             ds = ds.cache("" if self.cache == "memory" else self.cache)
             if training:
                 ds = ds.shuffle(self.shuffle_buffer or 1024, seed=seed, reshuffle_each_iteration=True)
@@ -68,11 +94,11 @@ class TFDataLoader(Loader):
         else:
             if training:
                 ds = ds.shuffle(self.shuffle_buffer or len(split), seed=seed, reshuffle_each_iteration=True)
-            ds = ds.batch(batch_size).map(
-                decode_batch, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic
-            )
+            ds = self._decoded_batches(ds, decoder, batch_size)
         options = tf.data.Options()
         options.autotune.enabled = self.autotune
+        if self.private_threadpool_size:
+            options.threading.private_threadpool_size = self.private_threadpool_size
         return ds.prefetch(self.prefetch).with_options(options)
 
     def feed(

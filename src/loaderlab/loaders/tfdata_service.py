@@ -1,8 +1,8 @@
 """tf.data with decoding offloaded to a tf.data service cluster (a dispatcher and its workers).
 
 Service workers run the pipeline's graph in other processes or machines, so the decode must be
-TensorFlow ops (a Python/OpenCV function cannot travel). The ops follow the shared spec:
-RGB or grey, bilinear resize with half-pixel centres, rounded to uint8.
+TensorFlow ops (a Python/OpenCV function cannot travel): tf_decode, the shared spec in TF ops,
+JPEGs at the same reduced libjpeg scale as the other loaders.
 Start the servers with `python -m loaderlab.data_service dispatcher|worker`.
 """
 
@@ -13,19 +13,8 @@ import tensorflow as tf
 
 from loaderlab.data.manifest import Split
 from loaderlab.loaders.base import Feed, Loader, num_batches
-from loaderlab.loaders.decode import ImageDecoder, ImageSpec
-
-
-def tf_decode_resize(path: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
-    """The preprocessing spec in TensorFlow ops: decode, RGB/grey, bilinear resize, uint8 HWC."""
-    data = tf.io.read_file(path)
-    image = tf.cond(  # INTEGER_ACCURATE is libjpeg's ISLOW, as OpenCV decodes: identical pixels
-        tf.io.is_jpeg(data),
-        lambda: tf.io.decode_jpeg(data, channels=spec.channels, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(data, channels=spec.channels, expand_animations=False),
-    )
-    image = tf.image.resize(image, (spec.height, spec.width), method="bilinear", antialias=False)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.loaders.tf_decode import tf_decode_resize
 
 
 class TFDataServiceLoader(Loader):
