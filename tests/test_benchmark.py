@@ -33,7 +33,7 @@ from loaderlab.data.manifest import DatasetError
 from loaderlab.utils.paths import OUTPUTS
 
 TINY = {"input_size": 32, "batch_size": 16, "passes": 1}
-AUTOTUNE_OFF = "tfdata loader.autotune=false"
+AUTOTUNE_ON = "tfdata loader.autotune=true"
 
 
 def load_cli():
@@ -78,7 +78,7 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
 ) -> None:
     """The real thing, tiny: all default entries plus one with overrides, ratios to the same limit."""
     before = tree(tiny_root)
-    entries = [*default_entries(), AUTOTUNE_OFF]
+    entries = [*default_entries(), AUTOTUNE_ON]
     report = run_benchmark(config(tmp_path, tracking_uri, tiny_root, entries=entries))
     benchmark_id, results, table = report.benchmark_id, report.results, report.table
     assert tree(tiny_root) == before  # the dataset was only read
@@ -113,8 +113,8 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
     assert runs[DECODE_LIMIT].data.metrics["one_core_images_per_sec"] == pytest.approx(
         limit / int(runs[DECODE_LIMIT].data.params["cores"])
     )
-    assert runs["tfdata"].data.params["loader.autotune"] == "True"
-    assert runs[AUTOTUNE_OFF].data.params["loader.autotune"] == "False"
+    assert runs["tfdata"].data.params["loader.autotune"] == "False"
+    assert runs[AUTOTUNE_ON].data.params["loader.autotune"] == "True"
     assert runs["tfdata"].data.params["batch_path"] == KERAS_PATH  # how batches were pulled, on record
 
 
@@ -159,9 +159,9 @@ def test_table_shows_ratio_and_one_core_rate() -> None:
 
 
 def test_entries_parse_and_the_limit_is_always_measured() -> None:
-    cfg = load_cli().parse_args(["--entries", "tfdata,sequence", AUTOTUNE_OFF, "--passes", "3"])
-    assert cfg.passes == 3 and cfg.entries == ["tfdata", "sequence", AUTOTUNE_OFF]
-    assert check_entries(cfg.entries) == [DECODE_LIMIT, "tfdata", "sequence", AUTOTUNE_OFF]
+    cfg = load_cli().parse_args(["--entries", "tfdata,sequence", AUTOTUNE_ON, "--passes", "3"])
+    assert cfg.passes == 3 and cfg.entries == ["tfdata", "sequence", AUTOTUNE_ON]
+    assert check_entries(cfg.entries) == [DECODE_LIMIT, "tfdata", "sequence", AUTOTUNE_ON]
     assert load_cli().parse_args([]).entries is None
     assert "tfdata_service" not in default_entries()  # it needs servers started first
     with pytest.raises(ValueError, match="Unknown benchmark entries"):

@@ -30,7 +30,7 @@ class TFDataLoader(Loader):
         shuffle_buffer: int | None = None,
         deterministic: bool = False,
         cache: str | None = None,
-        autotune: bool = True,
+        autotune: bool = False,
         private_threadpool_size: int | None = None,
     ):
         if decode not in DECODERS:
