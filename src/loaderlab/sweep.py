@@ -1,20 +1,47 @@
-"""A Hydra callback that groups a sweep's jobs under one MLflow parent run."""
+"""A Hydra callback that groups a sweep's jobs under one MLflow parent run.
+
+The sweep tells its jobs where they belong through a file in its own folder, not through the
+environment: a job reads it only while Hydra runs it as part of that sweep, so nothing of a sweep
+that failed or was interrupted reaches a later job in the same process (a notebook, pytest).
+"""
 
 from __future__ import annotations
 
-import atexit
+import json
 import logging
-import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from loaderlab.utils.environment import PARENT_RUN_ENV, SWEEP_ID_ENV, SWEPT_KEYS_ENV
-
 log = logging.getLogger(__name__)
+SWEEP_FILE = "mlflow_sweep.json"  # in the sweep folder
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a job needs of its sweep: the parent run, the sweep's id and the keys it varies."""
+
+    parent_run_id: str
+    sweep_id: str
+    swept_keys: tuple[str, ...] = ()
+
+
+def current_sweep() -> Sweep | None:
+    """The sweep this job runs in, or None outside a Hydra multirun job of a loaderlab sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    file = Path(str(HydraConfig.get().sweep.dir)) / SWEEP_FILE
+    if not file.exists():
+        return None
+    data = json.loads(file.read_text())
+    return Sweep(data["parent_run_id"], data["sweep_id"], tuple(data["swept_keys"]))
 
 
 def sweep_id_from_dir(sweep_dir: str) -> str:
@@ -43,16 +70,35 @@ def swept_keys(config: DictConfig) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def job_run_name(base: str, overrides: str) -> str:
+def job_run_name(base: str, overrides: str, sweep: Sweep | None = None) -> str:
     """The run name: base ('tfdata-small_cnn') and the swept values ('trainer.learning_rate=0.003')."""
-    swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k and k not in ("loader", "model")]
+    swept = [k for k in (sweep.swept_keys if sweep else ()) if k not in ("loader", "model")]
     values = parse_overrides(overrides)
     parts = [f"{key}={values[key]}" for key in swept if key in values]
     return " ".join([base, *parts])
 
 
+def settle_parent(uri: str, parent_run_id: str) -> None:
+    """End the parent run with its jobs' status so far: KILLED or FAILED if any job was, else FINISHED.
+
+    Every job calls it as it ends, however it ends, and so does the end of the sweep: a sweep that
+    stops early (a failed or interrupted job, which makes Hydra skip on_multirun_end) still leaves
+    its parent ended with the status of the jobs that ran.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
+    statuses = {c.info.status for c in children}
+    status = next((s for s in ("KILLED", "FAILED", "RUNNING") if s in statuses), "FINISHED")
+    client.set_terminated(parent_run_id, "FAILED" if status == "RUNNING" else status)
+
+
 class MlflowSweepCallback(Callback):
-    """Creates the parent run once, before any job; ends it after the last one."""
+    """Creates the parent run once, before any job, and tells the jobs of it through the sweep folder."""
 
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
@@ -79,32 +125,12 @@ class MlflowSweepCallback(Callback):
             },
         )
         self.parent_run_id, self.tracking_uri = run.info.run_id, tracking.uri
-        # Jobs read these, in this process or in the isolated launcher's child processes.
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        os.environ[SWEEP_ID_ENV] = sweep_id
-        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        info = {"parent_run_id": self.parent_run_id, "sweep_id": sweep_id, "swept_keys": swept_keys(config)}
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
         log.info("MLflow sweep %s: parent run %s", sweep_id, self.parent_run_id)
-        atexit.register(self.finish)  # a failed job makes Hydra exit before on_multirun_end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.finish()
-
-    def finish(self) -> None:
-        """End the parent run: KILLED or FAILED if any child was, else FINISHED."""
-        if self.parent_run_id is None:
-            return
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(self.tracking_uri)
-        parent = client.get_run(self.parent_run_id)
-        children = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
-        )
-        statuses = {c.info.status for c in children}
-        status = next((s for s in ("KILLED", "FAILED", "RUNNING") if s in statuses), "FINISHED")
-        client.set_terminated(self.parent_run_id, "FAILED" if status == "RUNNING" else status)
-        self.parent_run_id = None
-        os.environ.pop(PARENT_RUN_ENV, None)
-        os.environ.pop(SWEEP_ID_ENV, None)
-        os.environ.pop(SWEPT_KEYS_ENV, None)
+        if self.parent_run_id is not None:
+            settle_parent(self.tracking_uri, self.parent_run_id)

@@ -6,7 +6,6 @@ import base64
 import fcntl
 import os
 import subprocess
-import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +17,11 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import PROJECT_ROOT
-from loaderlab.utils.environment import PARENT_RUN_ENV
+from loaderlab.run_log import RunLog
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -145,45 +145,47 @@ def git_commit() -> str:
         return "unknown"
 
 
-def record_error(error: BaseException) -> None:
-    """Put the error on the active run: a short tag and the traceback as an artifact."""
-    text = "".join(traceback.format_exception(error))
-    try:
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:4000])
-        mlflow.log_text(text, "error.txt")
-    except Exception:  # noqa: BLE001 - the run must still be ended below
-        pass
-
-
-def fail_run(run_id: str, message: str) -> None:
-    """End a run FAILED with a message, from any thread (the fluent API's run is per thread)."""
-    client = MlflowClient()
-    client.set_tag(run_id, "error", message[:4000])
-    client.log_text(run_id, message, "error.txt")
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-
-
 @contextmanager
 def tracked_run(
-    experiment_id: str, run_name: str, tags: dict[str, str], run_id: str | None = None
-) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that always ends: FINISHED, FAILED with the error, or KILLED on Ctrl-C/SIGTERM."""
-    parent = os.environ.get(PARENT_RUN_ENV) if run_id is None else None
-    run = mlflow.start_run(
-        run_id=run_id,
-        experiment_id=experiment_id,
-        run_name=None if run_id else run_name,
-        parent_run_id=parent,
-        tags=tags,
-    )
+    uri: str,
+    experiment_id: str,
+    run_name: str,
+    tags: dict[str, str],
+    folder: Path,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    wait_s: float = 300.0,
+) -> Iterator[RunLog]:
+    """An MLflow run that always ends: FINISHED, FAILED with the error, or KILLED on Ctrl-C/SIGTERM.
+
+    Everything the job logs goes through the RunLog, so a server outage mid-run costs nothing; at the
+    end the job waits up to wait_s for the server (an interrupted job a tenth of that), then keeps
+    what is left in its folder. The parent run of a sweep is brought up to date as each job ends.
+    """
+    client = MlflowClient(uri)
+    if run_id is None:
+        lineage = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+        run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags | lineage))
+        run_id = run.info.run_id
+    else:  # resumed: the same run, running again
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if parent_run_id:
+        client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    run_log = RunLog(uri, run_id, folder)
+    status, wait = RunStatus.FINISHED, wait_s
     try:
-        yield run
+        yield run_log
     except KeyboardInterrupt as e:
-        record_error(e)
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        run_log.error(e)
+        status, wait = RunStatus.KILLED, wait_s / 10
         raise
     except BaseException as e:
-        record_error(e)
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        run_log.error(e)
+        status = RunStatus.FAILED
         raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        left = run_log.close(RunStatus.to_string(status), wait)
+        if parent_run_id and not left:
+            from loaderlab.sweep import settle_parent
+
+            settle_parent(uri, parent_run_id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +22,19 @@ class Feed:
     y: np.ndarray | None = None
     batch_size: int | None = None  # set when x is an array that fit batches itself
     steps: int | None = None  # set when x is an endless stream
+    on_close: Callable[[], None] | None = None  # stops what the loader started for this feed
+    callbacks: list = field(default_factory=list)  # Keras callbacks the feed needs during fit
+
+    def __enter__(self) -> Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the feed's threads and free its buffers; the job calls it in every ending."""
+        if self.on_close is not None:
+            self.on_close()
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Arguments for model.fit's training data."""

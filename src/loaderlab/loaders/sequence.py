@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import keras
 import numpy as np
 from keras.utils import PyDataset
 
@@ -53,7 +56,7 @@ class PathBatches(PyDataset):
     At the end of every epoch Keras stops its enqueuer and waits on an empty queue, with no public
     way around it; so once the last batch is decoded, the next epoch's first batches (as many as
     keep `workers` threads busy through that wait) are decoded in threads of our own, and served
-    from there.
+    from there; not after the last epoch, which LastEpochHint tells it.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class PathBatches(PyDataset):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._image_s = 0.0  # decode time per image in the latest batch
+        self.look_ahead = True  # decode the next epoch's first batches early; off in the last epoch
         if not self.use_multiprocessing:  # worker processes return pickled copies: nothing to reuse
             slots = self.max_queue_size + max(self.workers, 1) + 2
             self.ring = BatchRing(slots, (batch_size, *decoder.spec.shape))
@@ -97,7 +101,7 @@ class PathBatches(PyDataset):
             batch = ahead.result()
         else:
             batch = self._decode(self._order, index, self.ring.take() if self.ring is not None else None)
-        if index == len(self) - 1 and self.ring is not None:
+        if index == len(self) - 1 and self.ring is not None and self.look_ahead:
             with self._lock:
                 self._start_next_epoch()
         return batch
@@ -125,11 +129,57 @@ class PathBatches(PyDataset):
                 )
                 self._next_order = None
 
+    def close(self) -> None:
+        """End what serves this dataset: Keras' enqueuer (a fit that raised leaves its feeder thread
+        blocked on a full queue, holding its pool and our ring), the look-ahead, and the ring."""
+        for enqueuer in _running_enqueuers(self):
+            _stop_enqueuer(enqueuer)
+        with self._lock:
+            self.look_ahead = False
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+            self._ahead, self._ahead_order, self.ring = {}, None, None
+
     def __getstate__(self) -> dict:  # for spawned worker processes: no lock, pool or pending batches
         return {**self.__dict__, "_lock": None, "_pool": None, "_ahead": {}, "_ahead_order": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
+
+
+class LastEpochHint(keras.callbacks.Callback):
+    """Turns the look-ahead off for the last epoch, when no next epoch will use it."""
+
+    def __init__(self, batches: PathBatches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.look_ahead = epoch + 1 < self.params.get("epochs", epoch + 2)
+
+
+def _running_enqueuers(dataset: PyDataset) -> list:
+    """Keras' enqueuers still serving this dataset (Keras keeps no public handle on them)."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetEnqueuer
+
+    return [
+        o for o in gc.get_objects()
+        if isinstance(o, PyDatasetEnqueuer) and o.py_dataset is dataset and o.is_running()
+    ]  # fmt: skip
+
+
+def _stop_enqueuer(enqueuer, timeout_s: float = 30.0) -> None:
+    """Keras' own stop (it waits for the batches in flight), with a deadline: a dead worker process's
+    batch never comes. Then drop the batches it kept for a next epoch that will not come."""
+    thread = threading.Thread(target=enqueuer.stop, name="enqueuer-stop", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    while True:
+        try:
+            enqueuer.ready_queue.get_nowait()
+        except queue.Empty:
+            break
 
 
 class SequenceLoader(Loader):
@@ -150,4 +200,5 @@ class SequenceLoader(Loader):
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> Feed:
         """A PyDataset over the split; Keras runs its workers."""
-        return Feed(x=PathBatches(split, decoder, batch_size, training, seed, **self.pydataset_kwargs))
+        batches = PathBatches(split, decoder, batch_size, training, seed, **self.pydataset_kwargs)
+        return Feed(x=batches, on_close=batches.close, callbacks=[LastEpochHint(batches)])

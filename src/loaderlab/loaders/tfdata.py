@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -87,7 +89,7 @@ class TFDataLoader(Loader):
         if self.cache:
             # Decode once, then serve from the cache; shuffle decoded images after it.
             ds = self._decoded_batches(ds, decoder, batch_size).unbatch()
-            ds = ds.cache("" if self.cache == "memory" else self.cache)
+            ds = ds.cache("" if self.cache == "memory" else self.cache_file(split, decoder, training))
             if training:
                 ds = ds.shuffle(self.shuffle_buffer or 1024, seed=seed, reshuffle_each_iteration=True)
             ds = ds.batch(batch_size)
@@ -100,6 +102,16 @@ class TFDataLoader(Loader):
         if self.private_threadpool_size:
             options.threading.private_threadpool_size = self.private_threadpool_size
         return ds.prefetch(self.prefetch).with_options(options)
+
+    def cache_file(self, split: Split, decoder: ImageDecoder, training: bool) -> str:
+        """The cache's file prefix for this split: TensorFlow reads a finished cache file without
+        checking what wrote it, so the name is keyed by what it holds (split, paths, labels, spec)."""
+        key = hashlib.sha256(
+            repr((decoder.spec, decoder.on_bad_image, self.decode, split.labels.tolist())).encode()
+        )
+        for path in split.paths:
+            key.update(str(path).encode() + b"\0")
+        return f"{self.cache}-{'train' if training else 'val'}-{key.hexdigest()[:16]}"
 
     def feed(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0

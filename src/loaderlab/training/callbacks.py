@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import keras
-from mlflow.keras.callback import MlflowCallback
 
 from loaderlab.monitor import ThroughputTracker
+from loaderlab.run_log import RunLog
 
 
 class ThroughputCallback(keras.callbacks.Callback):
@@ -32,11 +32,12 @@ class ThroughputCallback(keras.callbacks.Callback):
             logs["epoch_images_per_sec"] = timing.train_images / timing.train_time_s
 
 
-class EpochMetricsToMlflow(MlflowCallback):
-    """MLflow's Keras callback, logging each epoch's logs with step = epoch."""
+class EpochMetrics(keras.callbacks.Callback):
+    """Each epoch's logs to the run, with step = epoch, through the run's journal (never dropped)."""
 
-    def on_train_begin(self, logs=None):
-        pass  # the resolved config is logged as params already
+    def __init__(self, run_log: RunLog):
+        super().__init__()
+        self.run_log = run_log
 
-    def on_test_end(self, logs=None):
-        pass  # val_* arrive in the epoch logs; no extra validation_* copies
+    def on_epoch_end(self, epoch, logs=None):
+        self.run_log.metrics(logs or {}, step=epoch)

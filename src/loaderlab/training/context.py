@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from loaderlab.utils import environment
 
 RUN_ID_FILE = "mlflow_run_id"
+BACKUP_DIR = "backup"  # the epoch state trainer.resume continues from
 
 
 def hydra_facts() -> tuple[str, bool, str]:
@@ -48,3 +49,15 @@ def state_folder(cfg: DictConfig) -> Path:
             "pass the output folder of an earlier run."
         )
     return folder
+
+
+def check_fresh_folder(folder: Path) -> None:
+    """Refuse a folder that holds an earlier job's training state: Keras would silently continue it."""
+    if (folder / BACKUP_DIR).exists():
+        from loaderlab.validate import ConfigError
+
+        raise ConfigError(
+            f"{folder} already holds an earlier job's training state ({BACKUP_DIR}/), which this job "
+            f"would silently continue. Set trainer.resume={folder} to continue it, or give this job a "
+            "folder of its own (hydra.run.dir=..., or paths.output_dir in a composed config)."
+        )

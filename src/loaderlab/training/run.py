@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from loaderlab import tracking
@@ -19,11 +19,11 @@ from loaderlab.data.manifest import Manifest
 from loaderlab.loaders.base import Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.monitor import GpuMemory, MemorySampler, NvmlMemory, TensorFlowMemory, ThroughputTracker
-from loaderlab.sweep import job_run_name
-from loaderlab.training.context import RUN_ID_FILE, hydra_facts, state_folder
+from loaderlab.run_log import RunLog
+from loaderlab.sweep import current_sweep, job_run_name
+from loaderlab.training.context import BACKUP_DIR, RUN_ID_FILE, check_fresh_folder, hydra_facts, state_folder
 from loaderlab.training.distribute import Worker, worker_of
 from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrupt
-from loaderlab.utils import environment
 from loaderlab.utils.system import MB
 from loaderlab.validate import check_config, drop_bad_images
 
@@ -43,33 +43,61 @@ def train(cfg: DictConfig) -> float:
     uri = cfg.tracking.uri if worker.is_chief else f"sqlite:///{state_dir}/worker{worker.index}-mlflow.db"
     experiment_id = tracking.connect(uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
     overrides, isolated, loader_choice = hydra_facts()
+    sweep = current_sweep()
     tags = {
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "git_commit": tracking.git_commit(),
         "hydra_overrides": overrides,
-        "sweep_id": os.environ.get(environment.SWEEP_ID_ENV, "none"),
+        "sweep_id": sweep.sweep_id if sweep else "none",
         "process_isolated": str(isolated).lower(),
     }
+    parent = sweep.parent_run_id if sweep and worker.is_chief and resumed_run_id is None else None
     with (
         no_child_left(),
         stop_signals_as_interrupt(),
         tracking.tracked_run(
-            experiment_id, job_run_name(f"{loader_choice}-{cfg.model.name}", overrides), tags, resumed_run_id
-        ) as run,
+            uri,
+            experiment_id,
+            job_run_name(f"{loader_choice}-{cfg.model.name}", overrides, sweep),
+            tags,
+            state_dir,
+            resumed_run_id,
+            parent,
+            cfg.tracking.outage_wait_s,
+        ) as run_log,
     ):
-        run_id_file.write_text(run.info.run_id)
         if resumed_run_id is None:
-            mlflow.log_params(tracking.flatten(cfg))
+            run_log.params(tracking.flatten(cfg))
+        else:
+            run_log.tags(tags)
         try:
             # Inside the run, so that a bad value in a sweep shows as a FAILED job with its message.
             spec = check_config(cfg)
+            if resumed_run_id is None:
+                check_fresh_folder(state_dir)
+            run_id_file.write_text(run_log.run_id)  # only a run that got past the checks is resumable
             loader = instantiate(cfg.loader)
-            name = job_run_name(f"{loader.name}-{cfg.model.name}", overrides)
-            mlflow.set_tags({"loader": loader.name, "mlflow.runName": name})
-            return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run.info.run_id)
+            name = job_run_name(f"{loader.name}-{cfg.model.name}", overrides, sweep)
+            run_log.tags({"loader": loader.name, "mlflow.runName": name})
+            return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log)
         finally:
-            _log_folder_artifacts(Path(cfg.paths.output_dir))
+            _log_folder_artifacts(run_log, Path(cfg.paths.output_dir))
+
+
+@dataclass
+class Job:
+    """What the steps of one job share. `owned` holds what the job started (feeds, the watchdog),
+    so that each stops in every ending: success, an exception, an interrupt."""
+
+    cfg: DictConfig
+    strategy: Any
+    worker: Worker
+    state_dir: Path
+    run_log: RunLog
+    monitors: Monitors
+    best_before: float  # the lowest val_loss earlier jobs of a resumed run reached
+    owned: contextlib.ExitStack
 
 
 def _train_logged(
@@ -79,7 +107,7 @@ def _train_logged(
     strategy: Any,
     worker: Worker,
     state_dir: Path,
-    run_id: str,
+    run_log: RunLog,
 ) -> float:
     """The job's steps, in order, inside its MLflow run."""
     if worker.count > 1:
@@ -87,58 +115,58 @@ def _train_logged(
 
         distributed.check_loader(loader, worker)  # before any data work
     manifest, bad = _read_manifest(cfg)
-    train_batch, val_batch = _global_batches(cfg, strategy, worker)
+    _log_global_batches(cfg, strategy, worker, run_log)
     decoder = ImageDecoder(spec, cfg.data.on_bad_image)
-    monitors = Monitors.start(cfg, images_per_epoch=len(manifest.train))  # the baseline: before the pipeline
+    monitors = Monitors.create(cfg, run_log, images_per_epoch=len(manifest.train))
+    best_before = _best_val_loss(run_log)
     cluster: dict[str, float] = {}  # multiworker: every worker's peak memory
     try:
-        if worker.count > 1:
-            cluster = _fit_multiworker(
-                cfg, loader, manifest, decoder, strategy, worker, state_dir, run_id, monitors
-            )
-        else:
-            train_feed = loader.feed(manifest.train, decoder, train_batch, True, cfg.trainer.seed)
-            val_feed = loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed)
-            model = _build_model(cfg, spec, manifest, strategy)
-            best = _best_val_loss(run_id)
-            callbacks = _callbacks(cfg, state_dir, monitors.throughput, best, train_batch, strategy, worker)
-            monitors.throughput.fit_start()
-            model.fit(
-                **train_feed.fit_kwargs(),
-                **val_feed.validation_kwargs(),
-                epochs=cfg.trainer.epochs,
-                callbacks=callbacks,
-                verbose=cfg.trainer.verbose,
-            )
+        with contextlib.ExitStack() as owned:
+            job = Job(cfg, strategy, worker, state_dir, run_log, monitors, best_before, owned)
+            monitors.start()  # the baseline: before the pipeline
+            if worker.count > 1:
+                cluster = _fit_multiworker(job, loader, manifest, decoder)
+            else:
+                _fit(job, loader, manifest, decoder)
     finally:
         summary = monitors.stop() | cluster
-        _log_skipped(cfg, bad, decoder.skipped, summary)
-        mlflow.log_metrics(summary)
-    return _log_outcome(cfg, state_dir, run_id, summary)
+        _log_skipped(cfg, bad, decoder.skipped, summary, run_log)
+        run_log.metrics(summary)
+    return _log_outcome(cfg, state_dir, run_log, best_before, summary)
 
 
-def _fit_multiworker(
-    cfg: DictConfig,
-    loader: Loader,
-    manifest: Manifest,
-    decoder: ImageDecoder,
-    strategy: Any,
-    worker: Worker,
-    state_dir: Path,
-    run_id: str,
-    monitors: Monitors,
-) -> dict[str, float]:
+def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) -> None:
+    """model.fit on this process's feeds."""
+    cfg, replicas = job.cfg, job.strategy.num_replicas_in_sync
+    train_batch, val_batch = cfg.batch.train * replicas, cfg.batch.val * replicas
+    train_feed = job.owned.enter_context(
+        loader.feed(manifest.train, decoder, train_batch, True, cfg.trainer.seed)
+    )
+    val_feed = job.owned.enter_context(loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed))
+    model = _build_model(cfg, decoder.spec, manifest, job.strategy)
+    callbacks = _callbacks(job, train_batch)
+    job.monitors.throughput.fit_start()
+    model.fit(
+        **train_feed.fit_kwargs(),
+        **val_feed.validation_kwargs(),
+        epochs=cfg.trainer.epochs,
+        callbacks=[*callbacks, *train_feed.callbacks, *val_feed.callbacks],
+        verbose=cfg.trainer.verbose,
+    )
+
+
+def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) -> dict[str, float]:
     """The distributed loop in fit's place; returns every worker's peak memory, gathered on each."""
     from loaderlab.training import cluster, distributed
 
+    cfg, strategy, worker = job.cfg, job.strategy, job.worker
     replicas = strategy.num_replicas_in_sync
     plan = distributed.Plan.of(len(manifest.train), worker.count, cfg.batch.train * replicas)
-    mlflow.log_params(plan.params())
-    monitors.throughput.images_per_epoch = plan.train_images  # all workers' images per epoch
+    job.run_log.params(plan.params())
+    job.monitors.throughput.images_per_epoch = plan.train_images  # all workers' images per epoch
     model = _build_model(cfg, decoder.spec, manifest, strategy)
-    best = _best_val_loss(run_id)
-    callbacks = _callbacks(cfg, state_dir, monitors.throughput, best, plan.global_batch, strategy, worker)
-    monitors.throughput.fit_start()
+    callbacks = _callbacks(job, plan.global_batch)
+    job.monitors.throughput.fit_start()
     distributed.fit(
         strategy,
         worker,
@@ -152,13 +180,14 @@ def _fit_multiworker(
         cfg.trainer.seed,
         cfg.trainer.epochs,
         callbacks,
-        state_dir / "backup",
+        job.state_dir / BACKUP_DIR,
         cfg.trainer.verbose,
     )
-    mlflow.set_tag("weights_sha256", distributed.weights_sha256(model))  # the same on every worker
-    monitors.sampler.sample()
+    job.run_log.tags({"weights_sha256": distributed.weights_sha256(model)})  # the same on every worker
+    sampler = job.monitors.sampler
+    sampler.sample()
     # A collective: every worker sends its peak; all of them must reach this line.
-    peaks = cluster.gather(strategy, [float(monitors.sampler.peak_bytes)])[:, 0]
+    peaks = cluster.gather(strategy, [float(sampler.peak_bytes)])[:, 0]
     figures = {f"peak_rss_mb_worker{i}": float(peak) / MB for i, peak in enumerate(peaks)}
     return figures | {"peak_rss_mb": float(max(peaks)) / MB}
 
@@ -175,11 +204,11 @@ def _read_manifest(cfg: DictConfig) -> tuple[Manifest, dict[str, str]]:
     return manifest, bad
 
 
-def _global_batches(cfg: DictConfig, strategy: Any, worker: Worker) -> tuple[int, int]:
+def _log_global_batches(cfg: DictConfig, strategy: Any, worker: Worker, run_log: RunLog) -> None:
     """Batch sizes across all replicas, logged with the replica and worker counts."""
     replicas = strategy.num_replicas_in_sync
     train_batch, val_batch = cfg.batch.train * replicas, cfg.batch.val * replicas
-    mlflow.log_params(
+    run_log.params(
         {
             "strategy.replicas": replicas,
             "strategy.workers": worker.count,
@@ -187,7 +216,6 @@ def _global_batches(cfg: DictConfig, strategy: Any, worker: Worker) -> tuple[int
             "batch.global_val": val_batch,
         }
     )
-    return train_batch, val_batch
 
 
 @dataclass
@@ -198,24 +226,30 @@ class Monitors:
     gpu: GpuMemory
     nvml: NvmlMemory
     throughput: ThroughputTracker
-    baseline_bytes: int
+    baseline_bytes: int | None = None
 
     @classmethod
-    def start(cls, cfg: DictConfig, images_per_epoch: int) -> Monitors:
-        """Seed Keras, tag how memory is measured, take the baseline and start sampling."""
+    def create(cls, cfg: DictConfig, run_log: RunLog, images_per_epoch: int) -> Monitors:
+        """Seed Keras and tag how memory is measured; nothing runs until start()."""
         import keras
 
         keras.utils.set_random_seed(cfg.trainer.seed)
         gpu, nvml = GpuMemory(TensorFlowMemory()), NvmlMemory()
         sampler = MemorySampler(interval_s=cfg.tracking.memory_interval_s, probes=[nvml.sample])
-        mlflow.set_tags({"device": gpu.device, "rss_method": sampler.method})
-        baseline = sampler.start().sample()
-        gpu.reset()
-        return cls(sampler, gpu, nvml, ThroughputTracker(images_per_epoch=images_per_epoch), baseline)
+        run_log.tags({"device": gpu.device, "rss_method": sampler.method})
+        return cls(sampler, gpu, nvml, ThroughputTracker(images_per_epoch=images_per_epoch))
+
+    def start(self) -> None:
+        """Take the baseline, reset the GPU peak and start sampling."""
+        self.baseline_bytes = self.sampler.start().sample()
+        self.gpu.reset()
 
     def stop(self) -> dict[str, float]:
         """Stop sampling; the run's summary metrics (only those that were measured)."""
-        summary = {"peak_rss_mb": self.sampler.stop() / MB, "baseline_rss_mb": self.baseline_bytes / MB}
+        peak = self.sampler.stop()
+        if self.baseline_bytes is None:  # stopped before it started
+            return {}
+        summary = {"peak_rss_mb": peak / MB, "baseline_rss_mb": self.baseline_bytes / MB}
         if (gpu_peak := self.gpu.peak_mb()) is not None:
             summary["gpu_peak_mb"] = gpu_peak
         if (device_peak := self.nvml.peak_mb()) is not None:
@@ -240,7 +274,11 @@ def _build_model(cfg: DictConfig, spec: ImageSpec, manifest: Manifest, strategy:
 
 
 def _log_skipped(
-    cfg: DictConfig, bad: dict[str, str], at_decode: list[tuple[str, str]], summary: dict[str, float]
+    cfg: DictConfig,
+    bad: dict[str, str],
+    at_decode: list[tuple[str, str]],
+    summary: dict[str, float],
+    run_log: RunLog,
 ) -> None:
     """Under data.on_bad_image=skip: count what was left out, and list it as skipped_images.tsv."""
     if cfg.data.on_bad_image != "skip":
@@ -248,70 +286,64 @@ def _log_skipped(
     skipped = {**bad, **dict(at_decode)}
     summary["skipped_images"] = len(skipped)
     if skipped:
-        mlflow.log_text(
-            "".join(f"{path}\t{reason}\n" for path, reason in skipped.items()), "skipped_images.tsv"
-        )
+        run_log.text("".join(f"{path}\t{reason}\n" for path, reason in skipped.items()), "skipped_images.tsv")
 
 
-def _log_outcome(cfg: DictConfig, state_dir: Path, run_id: str, summary: dict[str, float]) -> float:
+def _log_outcome(
+    cfg: DictConfig, state_dir: Path, run_log: RunLog, best_before: float, summary: dict[str, float]
+) -> float:
     """best_val_loss (across resumes) and the best checkpoint; returns the best val_loss."""
-    best = _best_val_loss(run_id)
+    best = min(best_before, run_log.lowest("val_loss"))
     if math.isfinite(best):
-        mlflow.log_metric("best_val_loss", best)
+        run_log.metrics({"best_val_loss": best})
     best_file = state_dir / "checkpoints" / "best.keras"
     if cfg.tracking.log_checkpoint and best_file.exists():
-        mlflow.log_artifact(str(best_file), "checkpoints")
+        run_log.artifact(best_file, "checkpoints")
     log.info("Finished: %s", {k: round(v, 3) for k, v in summary.items()} | {"best_val_loss": best})
     return best
 
 
-def _callbacks(
-    cfg: DictConfig,
-    state_dir: Path,
-    tracker: ThroughputTracker,
-    best: float,
-    batch_size: int,
-    strategy: Any,
-    worker: Worker,
-) -> list:
-    """The Keras callbacks every run uses: throughput, MLflow metrics, resume state, checkpoint, guards."""
+def _callbacks(job: Job, batch_size: int) -> list:
+    """The Keras callbacks every run uses: throughput, MLflow metrics, resume state, checkpoint, guards.
+    Those that own a thread (the watchdog) are entered into the job, so the job, not fit, stops them."""
     import keras
 
-    from loaderlab.training.callbacks import EpochMetricsToMlflow, ThroughputCallback
+    from loaderlab.training.callbacks import EpochMetrics, ThroughputCallback
     from loaderlab.training.checkpoint import BestCheckpoint
 
-    callbacks = [ThroughputCallback(tracker, batch_size), EpochMetricsToMlflow()]
+    cfg, worker = job.cfg, job.worker
+    callbacks = [ThroughputCallback(job.monitors.throughput, batch_size), EpochMetrics(job.run_log)]
     if worker.count == 1:
         # The epoch state that trainer.resume continues from; kept after training ends. (The
         # multi-worker loop checkpoints with TensorFlow's multi-worker checkpointing instead.)
-        callbacks.append(keras.callbacks.BackupAndRestore(str(state_dir / "backup"), delete_checkpoint=False))
+        backup = str(job.state_dir / BACKUP_DIR)
+        callbacks.append(keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False))
     if cfg.trainer.checkpoint and worker.is_chief:
-        callbacks.append(BestCheckpoint(state_dir / "checkpoints" / "best.keras", best))
+        callbacks.append(BestCheckpoint(job.state_dir / "checkpoints" / "best.keras", job.best_before))
     if cfg.trainer.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.trainer.early_stopping_patience))
     if cfg.trainer.stall_timeout_s:
         from loaderlab.training.watchdog import StallWatchdog
 
-        run_id = mlflow.active_run().info.run_id
         explain = None
         if worker.count > 1:  # a stall there is a lost worker: name it
             from loaderlab.training.distributed import lost_worker_message
 
-            explain = functools.partial(lost_worker_message, strategy, worker)
-        fail = functools.partial(tracking.fail_run, run_id)
-        callbacks.append(StallWatchdog(cfg.trainer.stall_timeout_s, fail, explain=explain))
+            explain = functools.partial(lost_worker_message, job.strategy, worker)
+        watchdog = StallWatchdog(cfg.trainer.stall_timeout_s, job.run_log.fail, explain=explain)
+        callbacks.append(job.owned.enter_context(watchdog))
     return callbacks
 
 
-def _best_val_loss(run_id: str) -> float:
-    """The lowest val_loss logged to this run so far (resumes included); inf if none."""
-    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val_loss")
+def _best_val_loss(run_log: RunLog) -> float:
+    """The lowest val_loss on the server for this run (from earlier jobs when resumed); inf if none."""
+    history = MlflowClient(run_log.uri).get_metric_history(run_log.run_id, "val_loss")
     return min((m.value for m in history), default=math.inf)
 
 
-def _log_folder_artifacts(output_dir: Path) -> None:
+def _log_folder_artifacts(run_log: RunLog, output_dir: Path) -> None:
     """Log the job's .hydra/ folder and its log file."""
     if (output_dir / ".hydra").is_dir():
-        mlflow.log_artifacts(str(output_dir / ".hydra"), ".hydra")
+        run_log.artifact(output_dir / ".hydra", ".hydra")
     for log_file in output_dir.glob("*.log"):
-        mlflow.log_artifact(str(log_file))
+        run_log.artifact(log_file)

@@ -5,6 +5,10 @@ OOM killer or a signal ends that worker, fit() never returns and the main thread
 TensorFlow, cannot even take Ctrl-C. The watchdog notices that no step has finished for
 `timeout_s`, records why on the MLflow run, ends the run FAILED, stops the worker processes
 and exits the job with a non-zero code, so a sweep moves on to its next job.
+
+Its thread belongs to the job, not to fit: the job enters it as a context manager, so the thread
+stops in every ending (Keras calls on_train_end only when fit returns), and once stopped it can no
+longer act, even mid-check: a notebook or an in-process sweep runs other jobs in the same process.
 """
 
 from __future__ import annotations
@@ -46,15 +50,31 @@ class StallWatchdog(keras.callbacks.Callback):
         self.explain = explain or _data_worker_hint  # what most likely stopped the steps
         self._last_progress = time.monotonic()
         self._stop = threading.Event()
+        self._acting = threading.Lock()  # held from the decision to act on a stall to the exit
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StallWatchdog:
+        self._progress()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop watching and wait for the thread: after this it never acts."""
+        with self._acting:  # a stall being acted on ends the process; otherwise it is never acted on
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
 
     def on_train_begin(self, logs=None):
         self._progress()
-        if not self._thread.is_alive():
-            self._thread.start()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._progress()
@@ -68,13 +88,14 @@ class StallWatchdog(keras.callbacks.Callback):
     def on_test_batch_end(self, batch, logs=None):
         self._progress()
 
-    def on_train_end(self, logs=None):
-        self._stop.set()
-
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
             idle = time.monotonic() - self._last_progress
-            if idle > self.timeout_s:
+            if idle <= self.timeout_s:
+                continue
+            with self._acting:
+                if self._stop.is_set():  # the job ended meanwhile: not ours to act on
+                    return
                 message = (
                     f"No training step finished in {idle:.0f} s (trainer.stall_timeout_s="
                     f"{self.timeout_s:g}). {self.explain()}"
