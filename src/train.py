@@ -19,4 +19,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    from loaderlab.training.lifecycle import stop_resource_tracker
+
+    try:
+        main()
+    finally:
+        stop_resource_tracker()

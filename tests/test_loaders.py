@@ -212,3 +212,29 @@ def test_inmemory_guard_refuses_before_allocating(manifest, monkeypatch: pytest.
     monkeypatch.setattr("loaderlab.loaders.inmemory.available_memory", lambda: 10 * 2**30)
     fits = InMemoryLoader().feed(manifest.train, ImageDecoder(spec), 8, True)
     assert fits.x.shape == (len(manifest.train), 224, 224, 3)
+
+
+def test_sequence_close_stops_the_look_ahead_and_frees_the_ring(manifest) -> None:
+    from loaderlab.loaders.sequence import SequenceLoader
+
+    feed = SequenceLoader(workers=2).feed(manifest.train, ImageDecoder(ImageSpec(8, 8)), 5, training=True)
+    batches = feed.x
+    for i in range(len(batches)):
+        batches[i]
+    assert batches._ahead and batches._pool is not None  # the next epoch's first batches are on their way
+    feed.close()
+    assert batches.ring is None and batches._pool is None and not batches._ahead
+
+
+def test_tfdata_file_cache_is_one_per_split(manifest, tmp_path: Path) -> None:
+    """TensorFlow reads a finished cache file without checking what wrote it: a shared prefix must not
+    serve the training images as validation ones, nor one dataset's images to another."""
+    from loaderlab.loaders.tfdata import TFDataLoader
+
+    loader, decoder = TFDataLoader(cache=str(tmp_path / "cache")), ImageDecoder(ImageSpec(8, 8))
+    train_images, _ = collect(loader.feed(manifest.train, decoder, 8, training=True))
+    val_images, val_labels = collect(loader.feed(manifest.val, decoder, 8, training=False))
+    assert len(train_images) == len(manifest.train) != len(manifest.val) == len(val_images)
+    assert np.array_equal(np.sort(val_labels), np.sort(manifest.val.labels))
+    fewer = manifest.val.drop({manifest.val.paths[0]})
+    assert len(collect(loader.feed(fewer, decoder, 8, training=False))[0]) == len(fewer)

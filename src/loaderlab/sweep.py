@@ -30,15 +30,17 @@ class Sweep:
     swept_keys: tuple[str, ...] = ()
 
 
-def current_sweep() -> Sweep | None:
-    """The sweep this job runs in, or None outside a Hydra multirun job of a loaderlab sweep."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+def current_sweep(output_dir: str | Path) -> Sweep | None:
+    """The sweep of the job writing to output_dir: a Hydra job whose folder lies in a sweep folder
+    that holds the sweep's file; else None."""
+    from loaderlab.training.context import hydra_job_config
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    hydra_cfg = hydra_job_config(output_dir)
+    if hydra_cfg is None:
         return None
-    file = Path(str(HydraConfig.get().sweep.dir)) / SWEEP_FILE
-    if not file.exists():
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
+    file = sweep_dir / SWEEP_FILE
+    if sweep_dir not in Path(output_dir).resolve().parents or not file.exists():
         return None
     data = json.loads(file.read_text())
     return Sweep(data["parent_run_id"], data["sweep_id"], tuple(data["swept_keys"]))

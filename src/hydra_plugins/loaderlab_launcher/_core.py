@@ -146,4 +146,9 @@ def run_job_file(job_file: str, result_file: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_job_file(sys.argv[1], sys.argv[2]))
+    from loaderlab.training.lifecycle import stop_resource_tracker
+
+    try:
+        sys.exit(run_job_file(sys.argv[1], sys.argv[2]))
+    finally:
+        stop_resource_tracker()

@@ -15,11 +15,21 @@ RUN_ID_FILE = "mlflow_run_id"
 BACKUP_DIR = "backup"  # the epoch state trainer.resume continues from
 
 
-def hydra_facts() -> tuple[str, bool, str]:
-    """(the job's command-line overrides, whether it runs in a process of its own, the loader option)."""
+def hydra_job_config(output_dir: str | Path) -> DictConfig | None:
+    """Hydra's config of the job writing to output_dir, or None: no Hydra job, or another one's config
+    left in this process (an earlier sweep in a notebook or a test session)."""
     if not HydraConfig.initialized():
-        return "", True, "job"
+        return None
     hydra_cfg = HydraConfig.get()
+    ran_in = hydra_cfg.runtime.get("output_dir")
+    return hydra_cfg if ran_in and Path(ran_in).resolve() == Path(output_dir).resolve() else None
+
+
+def hydra_facts(output_dir: str | Path) -> tuple[str, bool, str]:
+    """(the job's command-line overrides, whether it runs in a process of its own, the loader option)."""
+    hydra_cfg = hydra_job_config(output_dir)
+    if hydra_cfg is None:
+        return "", True, "job"
     overrides = " ".join(hydra_cfg.overrides.task)
     loader = hydra_cfg.runtime.choices.get("loader") or "job"
     if hydra_cfg.mode == RunMode.RUN:

@@ -107,5 +107,18 @@ def no_child_left() -> Iterator[None]:
         yield
     finally:
         terminate_pools(started_after=before)
-        if left := stop_children(keep=before):
-            log.info("Stopped %d process(es) the run left: %s", len(left), left)
+        stopped: list[int] = []
+        for _ in range(5):  # again, in case a pool forked a replacement while we stopped the others
+            if not (left := stop_children(keep=before)):
+                break
+            stopped += left
+        if stopped:
+            log.info("Stopped %d process(es) the run left: %s", len(stopped), stopped)
+
+
+def stop_resource_tracker() -> None:
+    """At the exit of a command: end multiprocessing's resource tracker and wait for it, so that no
+    process of the command outlives it (left alone, it exits only once it sees this process gone)."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._stop()  # CPython's own exit path for it (3.8+); no public API

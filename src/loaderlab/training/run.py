@@ -42,8 +42,8 @@ def train(cfg: DictConfig) -> float:
     # The chief logs the run; other workers keep a store of their own in their folder.
     uri = cfg.tracking.uri if worker.is_chief else f"sqlite:///{state_dir}/worker{worker.index}-mlflow.db"
     experiment_id = tracking.connect(uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
-    overrides, isolated, loader_choice = hydra_facts()
-    sweep = current_sweep()
+    overrides, isolated, loader_choice = hydra_facts(cfg.paths.output_dir)
+    sweep = current_sweep(cfg.paths.output_dir)
     tags = {
         "model": cfg.model.name,
         "dataset": cfg.data.name,
