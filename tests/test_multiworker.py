@@ -208,7 +208,7 @@ def killed_cluster(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path):
 @pytest.mark.slow
 def test_a_killed_worker_ends_the_other_with_a_failed_run_naming_it(killed_cluster) -> None:
     outputs, cluster, seconds = killed_cluster
-    assert seconds < STALL_TIMEOUT_S + 10
+    assert seconds < STALL_TIMEOUT_S + 30  # the stall, then the run ended and the tree stopped
     assert cluster.jobs[0].returncode != 0
     assert "Lost worker 1 (127.0.0.1:" in cluster.output(0)
     _, run = chief_run(outputs)

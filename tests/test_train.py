@@ -119,7 +119,7 @@ def test_unreachable_tracking_server_fails_fast(make_cfg) -> None:
     start = time.perf_counter()
     with pytest.raises(TrackingUnavailableError, match="cannot be reached"):
         train(make_cfg("tracking.uri=http://127.0.0.1:9"))
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 30  # not MLflow's minutes of retries
 
 
 def test_mirrored_strategy_runs_on_the_cpu_as_one_replica(make_cfg, tracking_uri: str) -> None:
