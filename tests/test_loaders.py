@@ -16,10 +16,20 @@ from loaderlab.loaders.generator import GeneratorLoader
 from loaderlab.loaders.inmemory import InMemoryLoader, InsufficientMemoryError
 from loaderlab.monitor import MemorySampler
 
-LOADER_NAMES = ["inmemory", "generator", "sequence", "tfdata"]
+LOADER_NAMES = ["inmemory", "generator", "sequence", "tfdata", "packed"]
+PACKS: list[Path] = []  # where make_loader's packed loaders write: this module's own folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pack_root(tmp_path_factory) -> None:
+    PACKS[:] = [tmp_path_factory.mktemp("packed")]
 
 
 def make_loader(name: str, **kwargs):
+    if name == "packed":
+        from loaderlab.loaders.packed import PackedLoader
+
+        return PackedLoader(root=str(PACKS[0]), progress=False, **kwargs)
     if name == "inmemory":
         return InMemoryLoader(**kwargs)
     if name == "generator":
@@ -90,6 +100,11 @@ def test_all_loaders_yield_the_same_pixels(request, data: str, scaled: bool, cha
             # The same libjpeg decode at the same scale; OpenCV's fixed-point bilinear and TF's
             # float one round apart by at most one grey level.
             assert np.abs(other_images.astype(int) - images).max() <= 1
+        elif name == "packed":  # the spec's pixels re-encoded once (fidelity: test_packed's PSNR)
+            # These tiny images are mostly sensor-like noise, JPEG's worst case: about 4 grey levels
+            # on average; a channel or axis swap would be tens.
+            assert other_images.shape == images.shape
+            assert np.abs(other_images.astype(int) - images).mean() <= 6, name
         else:
             assert np.array_equal(other_images, images), f"{name} differs from inmemory"
 
@@ -114,7 +129,7 @@ def test_colour_order_and_shape(tmp_path: Path) -> None:
     assert grey.shape == (10, 30, 1) and abs(int(grey[5, 15, 0]) - 81) <= 2  # 0.299R+0.587G+0.114B
 
 
-@pytest.mark.parametrize("name", ["generator", "sequence", "tfdata"])  # inmemory: model.fit shuffles
+@pytest.mark.parametrize("name", ["generator", "sequence", "tfdata", "packed"])  # inmemory: fit shuffles
 def test_training_feeds_reshuffle_every_epoch(manifest, name: str) -> None:
     feed = make_loader(name).feed(manifest.train, ImageDecoder(ImageSpec(8, 8)), 1000, training=True, seed=1)
     if feed.steps is not None:  # endless generator: two consecutive passes
@@ -146,6 +161,8 @@ def test_streaming_loaders_never_hold_the_decoded_dataset(many_files: Path, name
     warm = loader.feed(manifest.val, ImageDecoder(spec), 16, training=False)
     collect(warm)  # first-use costs of the framework are not the loader's
     del warm
+    if name == "packed":  # reading is measured here; writing the pack is a one-time cost of its own
+        loader.pack(manifest.train, ImageDecoder(spec), training=True)
     sampler = MemorySampler(interval_s=0.01)
     baseline = sampler.start().sample()
     feed = loader.feed(manifest.train, ImageDecoder(spec), 16, training=True)

@@ -121,6 +121,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
     measured, failures = _measure_all(entries, cfg, dataset.root, cores, f"benchmark {benchmark_id}")
     limit = measured[DECODE_LIMIT].images_per_sec
     results = [measured[e] for e in entries if e in measured]
+    out = Path(cfg.out) if cfg.out else OUTPUTS / "benchmarks" / f"{benchmark_id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_folder = out.parent  # the runs' MLflow journals, gone once delivered
     for result in results:  # logged once the limit is final, in table order
         metrics = {
             "images_per_sec": result.images_per_sec,
@@ -130,11 +133,17 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
             **result.extra_metrics,
         }
         run_tags = {**tags, "rss_method": result.rss_method}
-        _log_run(experiment_id, result.entry, run_tags, {**params, **result.params}, metrics)
+        _log_run(
+            cfg.tracking_uri,
+            experiment_id,
+            run_folder,
+            result.entry,
+            run_tags,
+            {**params, **result.params},
+            metrics,
+        )
     for entry, error in failures.items():
-        _log_run(experiment_id, entry, tags, params, error=error)
-    out = Path(cfg.out) if cfg.out else OUTPUTS / "benchmarks" / f"{benchmark_id}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+        _log_run(cfg.tracking_uri, experiment_id, run_folder, entry, tags, params, error=error)
     rows = [asdict(r) | {"ratio_to_limit": r.images_per_sec / limit} for r in results]
     summary = {"benchmark_id": benchmark_id, "tracking_uri": cfg.tracking_uri, "params": params}
     out.write_text(
@@ -228,19 +237,24 @@ def _measure_all(
 
 
 def _log_run(
-    experiment_id: str, entry: str, tags: dict, params: dict, metrics: dict | None = None, error: str = ""
+    uri: str,
+    experiment_id: str,
+    folder: Path,
+    entry: str,
+    tags: dict,
+    params: dict,
+    metrics: dict | None = None,
+    error: str = "",
 ) -> None:
     """One MLflow run for one entry: FINISHED with its metrics, or FAILED with the error."""
-    import mlflow
-
     from loaderlab.tracking import tracked_run
 
     try:
-        with tracked_run(experiment_id, run_name=entry, tags={**tags, "entry": entry}):
-            mlflow.log_params(params)
+        with tracked_run(uri, experiment_id, entry, {**tags, "entry": entry}, folder) as run_log:
+            run_log.params(params)
             if error:
                 raise EntryFailedError(error)
-            mlflow.log_metrics(metrics or {})
+            run_log.metrics(metrics or {})
     except EntryFailedError:
         pass  # tracked_run recorded it and ended the run FAILED
 

@@ -24,6 +24,8 @@ class Feed:
     steps: int | None = None  # set when x is an endless stream
     on_close: Callable[[], None] | None = None  # stops what the loader started for this feed
     callbacks: list = field(default_factory=list)  # Keras callbacks the feed needs during fit
+    metrics: dict[str, float] = field(default_factory=dict)  # one-time costs; a job sums its feeds'
+    tags: dict[str, str] = field(default_factory=dict)  # facts about how the feed was made
 
     def __enter__(self) -> Feed:
         return self

@@ -126,12 +126,8 @@ def decode_flags(data: bytes | np.ndarray, spec: ImageSpec) -> int:
     return _FLAGS[spec.channels]  # PNG, BMP (OpenCV would shrink them with a resize) and full-size JPEG
 
 
-def decode_resize(path: str, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode one file (a JPEG at a reduced scale, see ImageSpec) to uint8 HWC at spec's size, or raise.
-
-    With `out` (a C-contiguous uint8 array of spec.shape, e.g. one slot of a batch), the result is
-    written there and no output buffer is allocated.
-    """
+def read_file(path: str) -> bytes:
+    """A file's bytes, or a BadImageError naming it."""
     try:
         with open(path, "rb", buffering=0) as f:  # any file name, at half np.fromfile's overhead
             data = f.read()
@@ -141,9 +137,25 @@ def decode_resize(path: str, spec: ImageSpec, out: np.ndarray | None = None) -> 
         raise BadImageError(path, f"cannot be read ({e.strerror})") from None
     if not data:
         raise BadImageError(path, "file is empty (0 bytes)")
+    return data
+
+
+def decode_resize(path: str, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one file (a JPEG at a reduced scale, see ImageSpec) to uint8 HWC at spec's size, or raise.
+
+    With `out` (a C-contiguous uint8 array of spec.shape, e.g. one slot of a batch), the result is
+    written there and no output buffer is allocated.
+    """
+    return decode_bytes(read_file(path), spec, out, name=path)
+
+
+def decode_bytes(
+    data: bytes, spec: ImageSpec, out: np.ndarray | None = None, name: str = "<bytes>"
+) -> np.ndarray:
+    """decode_resize for an encoded image already in memory (a packed record, say); `name` is for errors."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), decode_flags(data, spec))
     if image is None:
-        raise BadImageError(path, "not a decodable image (truncated, corrupt or another format)")
+        raise BadImageError(name, "not a decodable image (truncated, corrupt or another format)")
     if spec.channels == 3 and _RGB is None:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # old OpenCV decodes to BGR
     if out is None:
@@ -228,10 +240,14 @@ class ImageDecoder:
         except BadImageError as e:
             if self.on_bad_image == "error":
                 raise
-            with self._lock:  # each file once, however often an epoch (or a look-ahead) meets it
-                if all(path != e.path for path, _ in self.skipped):
-                    self.skipped.append((e.path, e.reason))
+            self.note_skipped(e.path, e.reason)
             return None
+
+    def note_skipped(self, path: str, reason: str) -> None:
+        """Count a file left out under on_bad_image=skip: each file once, however often it is met."""
+        with self._lock:
+            if all(path != p for p, _ in self.skipped):
+                self.skipped.append((path, reason))
 
     def batch(
         self, paths, labels: np.ndarray, out: np.ndarray | None = None

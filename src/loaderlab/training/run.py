@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from loaderlab import tracking
 from loaderlab.data.manifest import Manifest
-from loaderlab.loaders.base import Loader
+from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.monitor import GpuMemory, MemorySampler, NvmlMemory, TensorFlowMemory, ThroughputTracker
 from loaderlab.run_log import RunLog
@@ -143,6 +143,7 @@ def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) ->
         loader.feed(manifest.train, decoder, train_batch, True, cfg.trainer.seed)
     )
     val_feed = job.owned.enter_context(loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed))
+    _log_feed_facts(job.run_log, [train_feed, val_feed])
     model = _build_model(cfg, decoder.spec, manifest, job.strategy)
     callbacks = _callbacks(job, train_batch)
     job.monitors.throughput.fit_start()
@@ -153,6 +154,18 @@ def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) ->
         callbacks=[*callbacks, *train_feed.callbacks, *val_feed.callbacks],
         verbose=cfg.trainer.verbose,
     )
+
+
+def _log_feed_facts(run_log: RunLog, feeds: list[Feed]) -> None:
+    """What making the feeds cost (a pack's writing, say), summed over them, and their tags."""
+    metrics: dict[str, float] = {}
+    for feed in feeds:
+        for key, value in feed.metrics.items():
+            metrics[key] = metrics.get(key, 0.0) + value
+        if feed.tags:
+            run_log.tags(feed.tags)
+    if metrics:
+        run_log.metrics(metrics)
 
 
 def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) -> dict[str, float]:

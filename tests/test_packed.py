@@ -1,0 +1,133 @@
+"""The packed loader: a pack is written once, keyed by its sources, never half-read, class-mixed, and
+its pixels are the spec's up to one JPEG re-encode."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import make_folder_dataset, photo_like
+from loaderlab.data.folder import folder_manifest, scan_class_folders
+from loaderlab.data.manifest import make_split
+from loaderlab.data.pack import META
+from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec, decode_resize
+from loaderlab.loaders.packed import PackedLoader
+
+# Measured by the test below (12 photo-like 1200x900 JPEGs to 224 px, the default quality 90 at 4:4:4).
+PSNR_FLOOR_DB = 38.0
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and mtime."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def images_and_labels(ds) -> tuple[np.ndarray, np.ndarray]:
+    batches = [(x.numpy(), y.numpy()) for x, y in ds]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def test_a_pack_is_reused_until_a_source_split_or_size_changes(tmp_path: Path, tiny_root: Path) -> None:
+    manifest = folder_manifest(str(tiny_root), val_fraction=0.25)
+    source = snapshot(tiny_root)
+    loader, decoder = (
+        PackedLoader(root=str(tmp_path / "packed"), progress=False),
+        ImageDecoder(ImageSpec(16, 16)),
+    )
+    first = loader.pack(manifest.train, decoder, training=True)
+    assert not first.reused and first.records == len(manifest.train) and first.seconds > 0
+    again = loader.pack(manifest.train, decoder, training=True)
+    assert again.reused and again.folder == first.folder and again.seconds == 0
+    assert loader.pack(manifest.val, decoder, training=False).folder != first.folder  # another split
+    bigger = loader.pack(manifest.train, ImageDecoder(ImageSpec(24, 24)), training=True)
+    assert bigger.folder != first.folder  # another stored size
+    assert snapshot(tiny_root) == source  # nothing written to the user's folder
+
+    copy = make_folder_dataset(tmp_path / "copy", {"a": 4, "b": 4})
+    split = folder_manifest(str(copy), val_fraction=0.25).train
+    before = loader.pack(split, decoder, training=True)
+    changed = Path(split.paths[0])
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert loader.pack(split, decoder, training=True).folder != before.folder  # a changed file
+
+
+def test_an_interrupted_pack_is_never_read(tmp_path: Path, tiny_root: Path, monkeypatch) -> None:
+    from loaderlab.data import pack as pack_module
+
+    split = folder_manifest(str(tiny_root), val_fraction=0.25).train
+    loader, decoder = PackedLoader(root=str(tmp_path), progress=False), ImageDecoder(ImageSpec(16, 16))
+    real, written = pack_module._example, []
+
+    def interrupted(*args):
+        if len(written) == 10:
+            raise KeyboardInterrupt
+        written.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(pack_module, "_example", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loader.pack(split, decoder, training=True)
+    assert list(tmp_path.iterdir()) == []  # no pack, and no half-written folder left
+    monkeypatch.setattr(pack_module, "_example", real)
+    pack = loader.pack(split, decoder, training=True)
+    assert not pack.reused and pack.records == len(split) and (pack.folder / META).exists()
+
+
+def test_batches_mix_the_classes_of_a_class_sorted_source(tmp_path: Path) -> None:
+    """4 classes, the source sorted by class: every batch of 64 of the first epoch holds >= 3 classes."""
+    root = make_folder_dataset(tmp_path / "sorted", {c: 128 for c in "abcd"})
+    paths, labels, _ = scan_class_folders(root)
+    split = make_split(paths, labels)
+    assert list(split.labels) == sorted(split.labels)  # really sorted by class
+    loader = PackedLoader(root=str(tmp_path / "packed"), shard_mb=0.002, progress=False)  # several shards
+    ds = loader.dataset(split, ImageDecoder(ImageSpec(8, 8)), batch_size=64, training=True, seed=0)
+    assert len(loader.pack(split, ImageDecoder(ImageSpec(8, 8)), training=True).shards) > 1
+    classes = [len(np.unique(labels.numpy())) for _, labels in ds]
+    print(f"\nCLASS-MIX classes per batch of 64: min {min(classes)}, all {classes}")
+    assert len(classes) == len(split) // 64 and min(classes) >= 3
+
+
+def test_packed_pixels_are_the_specs_up_to_one_re_encode(tmp_path: Path) -> None:
+    paths = []
+    for i in range(12):
+        path = tmp_path / "photos" / f"c{i % 2}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), photo_like(900, 1200, seed=i), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(str(path))
+    split, spec = make_split(paths, [i % 2 for i in range(12)]), ImageSpec(224, 224, 3)
+    loader = PackedLoader(root=str(tmp_path / "packed"), progress=False)  # the default encoding
+    images, labels = images_and_labels(loader.dataset(split, ImageDecoder(spec), 4, training=False))
+    reference = np.stack([decode_resize(p, spec) for p in paths])
+    assert images.shape == reference.shape and images.dtype == np.uint8
+    assert np.array_equal(labels, split.labels)  # validation keeps the manifest's order
+    db = psnr(images, reference)
+    print(f"\nPSNR packed vs spec path: {db:.1f} dB (floor {PSNR_FLOOR_DB})")
+    assert db >= PSNR_FLOOR_DB
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_bad_files_follow_the_policy_at_pack_time(tmp_path: Path, policy: str) -> None:
+    root = make_folder_dataset(tmp_path / "ds", {"a": 5, "b": 5})
+    (root / "a" / "002.jpg").write_bytes(b"")
+    split = make_split(*scan_class_folders(root)[:2])
+    loader, decoder = (
+        PackedLoader(root=str(tmp_path / "packed"), progress=False),
+        ImageDecoder(ImageSpec(8, 8), policy),
+    )
+    if policy == "error":
+        with pytest.raises(BadImageError, match="002.jpg'.*file is empty"):
+            loader.pack(split, decoder, training=True)
+        return
+    pack = loader.pack(split, decoder, training=True)
+    assert pack.records == len(split) - 1 and [p for p, _ in decoder.skipped] == [str(root / "a" / "002.jpg")]
+    decoder_again = ImageDecoder(ImageSpec(8, 8), policy)
+    assert loader.pack(split, decoder_again, training=True).reused and len(decoder_again.skipped) == 1
