@@ -2,7 +2,7 @@
 
 python src/benchmark.py                                   # 2,000 synthetic JPEGs, 256 -> 224 px
 python src/benchmark.py --root /data/photos               # your own class folders, only read
-python src/benchmark.py --entries tfdata "tfdata loader.autotune=false" sequence --passes 3
+python src/benchmark.py --entries tfdata "tfdata loader.autotune=false" sequence --rounds 5
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--passes", type=int, default=defaults.passes, help="timed passes after one warm-up")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help="every entry once per round, in a fresh process, the limit measured each round; "
+        "each entry's median ratio to its round's limit is reported, with its range (default: %(default)s)",
+    )
+    parser.add_argument(
         "--entries",
         nargs="+",
         default=None,
@@ -43,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     parser.add_argument("--tracking-uri", default=defaults.tracking_uri, help="default: %(default)s")
     parser.add_argument("--out", default=None, help="results JSON; default outputs/benchmarks/<id>.json")
     args = parser.parse_args(argv)
-    for name in ("passes", "batch_size", "input_size", "num_images", "image_size"):
+    for name in ("passes", "rounds", "batch_size", "input_size", "num_images", "image_size"):
         if getattr(args, name) < 1:
             parser.error(
                 f"--{name.replace('_', '-')} must be a positive integer. Received: {getattr(args, name)}"
@@ -57,6 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
         input_size=args.input_size,
         batch_size=args.batch_size,
         passes=args.passes,
+        rounds=args.rounds,
         entries=entries,
         root=args.root,
         tracking_uri=args.tracking_uri,
@@ -83,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\nbenchmark_id={report.benchmark_id}: {data['num_images']} images in {report.dataset.root} "
         f"({kind}), {sizes} -> {cfg.input_size} px input, batch {cfg.batch_size}, {cfg.passes} timed "
-        f"passes after a warm-up\n{report.table}\n\n"
+        f"passes after a warm-up, {cfg.rounds} round(s): medians, and the range of the ratio\n"
+        f"{report.table}\n\n"
         f"MLflow experiment '{EXPERIMENT}' (tag benchmark_id); results: {report.out}"
     )
     if report.failures:

@@ -29,10 +29,11 @@ from loaderlab.benchmark import (
 )
 from loaderlab.benchmark.entries import check_entries
 from loaderlab.benchmark.measure import KERAS_PATH, measure_entry
+from loaderlab.benchmark.runner import summarize
 from loaderlab.data.manifest import DatasetError
 from loaderlab.utils.paths import OUTPUTS
 
-TINY = {"input_size": 32, "batch_size": 16, "passes": 1}
+TINY = {"input_size": 32, "batch_size": 16, "passes": 1, "rounds": 1}
 AUTOTUNE_ON = "tfdata loader.autotune=true"
 
 
@@ -96,7 +97,7 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["benchmark_id"] == benchmark_id and report["decode_limit"] == pytest.approx(limit)
     for row in report["results"]:
-        assert row["ratio_to_limit"] == pytest.approx(row["images_per_sec"] / limit)
+        assert row["ratio_to_limit"] == pytest.approx(row["images_per_sec"] / limit)  # one round
 
     runs = runs_of(tracking_uri, benchmark_id)
     assert set(runs) == set(entries)
@@ -154,8 +155,40 @@ def test_merge_limits_counts_images_over_time() -> None:
 
 
 def test_table_shows_ratio_and_one_core_rate() -> None:
-    table = format_table([fake_result(DECODE_LIMIT, 2000.0), fake_result("tfdata", 1800.0)], 2000.0, 2)
+    rounds = [{DECODE_LIMIT: fake_result(DECODE_LIMIT, 2000.0), "tfdata": fake_result("tfdata", 1800.0)}]
+    table = format_table([summarize(DECODE_LIMIT, rounds), summarize("tfdata", rounds)], 2)
     assert "0.90" in table and "1000" in table  # tfdata's ratio; the one-core rate
+
+
+def test_rounds_report_the_median_ratio_to_each_rounds_own_limit(
+    tmp_path: Path, tracking_uri: str, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine that slows down through the invocation: each entry is compared with its own round's
+    limit, so its ratio holds still while every absolute rate falls."""
+    speed = iter([3000.0, 2700.0, 2400.0, 2100.0])  # the limit at the start of rounds 1-3 and at the end
+    current: list[float] = []
+    calls: list[str] = []
+
+    def fake_child(entry: str, cfg, root, cores) -> EntryResult:
+        calls.append(entry)
+        if entry == DECODE_LIMIT:
+            current[:] = [next(speed)]
+            return fake_result(entry, current[0])
+        return fake_result(entry, 0.8 * current[0] if entry == "tfdata" else 0.5 * current[0])
+
+    monkeypatch.setattr("loaderlab.benchmark.runner.run_child", fake_child)
+    cfg = config(tmp_path, tracking_uri, tiny_root, cores=2, rounds=3, entries=["tfdata", "sequence"])
+    report = run_benchmark(cfg)
+    assert calls == [DECODE_LIMIT, "tfdata", "sequence"] * 3 + [DECODE_LIMIT]  # interleaved rounds
+    by_entry = {r.entry: r for r in report.results}
+    tfdata = by_entry["tfdata"].extra_metrics
+    # Each round's limit: its two bracketing measurements, images over time (slower than their mean).
+    assert 0.8 < tfdata["ratio_to_limit"] < 0.86 and tfdata["rounds"] == 3
+    assert tfdata["ratio_to_limit_min"] <= tfdata["ratio_to_limit"] <= tfdata["ratio_to_limit_max"]
+    assert by_entry["tfdata"].images_per_sec == pytest.approx(0.8 * 2700)  # the median round's rate
+    assert "range" in report.table and "0.5" in report.table
+    runs = runs_of(tracking_uri, report.benchmark_id)
+    assert runs["tfdata"].data.metrics["ratio_to_limit"] == pytest.approx(tfdata["ratio_to_limit"])
 
 
 def test_entries_parse_and_the_limit_is_always_measured() -> None:

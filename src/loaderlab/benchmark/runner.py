@@ -39,6 +39,7 @@ class BenchmarkConfig:
     input_size: int = 224  # px after resize
     batch_size: int = 64
     passes: int = 2
+    rounds: int = 3  # every entry once per round, interleaved; figures are medians over the rounds
     entries: list[str] | None = None  # None: default_entries()
     root: str | None = None  # an existing class-folder dataset, only read; None: the synthetic set
     tracking_uri: str = DEFAULT_TRACKING_URI
@@ -114,11 +115,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
         "input_size": cfg.input_size,
         "batch_size": cfg.batch_size,
         "passes": cfg.passes,
+        "rounds": cfg.rounds,
         "cores": cores,
         "channels": 3,
         "dataset": str(dataset.root),
     }
-    measured, failures = _measure_all(entries, cfg, dataset.root, cores, f"benchmark {benchmark_id}")
+    rounds, failures = _measure_rounds(entries, cfg, dataset.root, cores, f"benchmark {benchmark_id}")
+    measured = {e: summarize(e, rounds) for e in entries if any(e in r for r in rounds)}
     limit = measured[DECODE_LIMIT].images_per_sec
     results = [measured[e] for e in entries if e in measured]
     out = Path(cfg.out) if cfg.out else OUTPUTS / "benchmarks" / f"{benchmark_id}.json"
@@ -127,7 +130,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
     for result in results:  # logged once the limit is final, in table order
         metrics = {
             "images_per_sec": result.images_per_sec,
-            "ratio_to_limit": result.images_per_sec / limit,
             "peak_rss_mb": result.peak_rss_mb,
             "baseline_rss_mb": result.baseline_rss_mb,
             **result.extra_metrics,
@@ -144,14 +146,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
         )
     for entry, error in failures.items():
         _log_run(cfg.tracking_uri, experiment_id, run_folder, entry, tags, params, error=error)
-    rows = [asdict(r) | {"ratio_to_limit": r.images_per_sec / limit} for r in results]
+    rows = [asdict(r) | {"ratio_to_limit": r.extra_metrics["ratio_to_limit"]} for r in results]
     summary = {"benchmark_id": benchmark_id, "tracking_uri": cfg.tracking_uri, "params": params}
     out.write_text(
         json.dumps(summary | {"decode_limit": limit, "results": rows, "failed": failures}, indent=2)
     )
-    return BenchmarkReport(
-        benchmark_id, dataset, results, failures, limit, format_table(results, limit, cores), out
-    )
+    return BenchmarkReport(benchmark_id, dataset, results, failures, limit, format_table(results, cores), out)
 
 
 def run_child(entry: str, cfg: BenchmarkConfig, root: Path, cores: int) -> EntryResult:
@@ -191,49 +191,99 @@ def merge_limits(first: EntryResult, last: EntryResult) -> EntryResult:
     )
 
 
-def format_table(results: Iterable[EntryResult], limit: float, cores: int) -> str:
-    """The table: entry, images/s, ratio to the limit, peak and baseline memory."""
+def summarize(entry: str, rounds: list[dict[str, EntryResult]]) -> EntryResult:
+    """An entry over the rounds it ran in: the median rate, and its median ratio to the same round's
+    limit with the range (so the machine's drift between rounds cancels); memory as the median peak."""
+    ran = [(r[entry], r[DECODE_LIMIT]) for r in rounds if entry in r]
+    ratios = [result.images_per_sec / limit.images_per_sec for result, limit in ran]
+    results = [result for result, _ in ran]
+    first = results[0]
+    extra = {key: max(r.extra_metrics.get(key, 0.0) for r in results) for key in first.extra_metrics}
+    extra |= {
+        "ratio_to_limit": median(ratios),
+        "ratio_to_limit_min": min(ratios),
+        "ratio_to_limit_max": max(ratios),
+        "rounds": float(len(ratios)),
+    }
+    return EntryResult(
+        entry=entry,
+        images_per_sec=median(r.images_per_sec for r in results),
+        pass_images_per_sec=[rate for r in results for rate in r.pass_images_per_sec],
+        images_per_pass=first.images_per_pass,
+        peak_rss_mb=median(r.peak_rss_mb for r in results),
+        baseline_rss_mb=median(r.baseline_rss_mb for r in results),
+        rss_method=first.rss_method,
+        params=first.params,
+        extra_metrics=extra,
+    )
+
+
+def format_table(results: Iterable[EntryResult], cores: int) -> str:
+    """The table: entry, median images/s, median ratio to the limit and its range, memory."""
     results = list(results)
     width = max([36, *(len(r.entry) for r in results)])
-    head = f"{'entry':<{width}} {'images/s':>9} {'ratio':>6} {'peak MB':>8} {'base MB':>8}"
+    head = f"{'entry':<{width}} {'images/s':>9} {'ratio':>6} {'range':>11} {'peak MB':>8} {'base MB':>8}"
     rows = [head, "-" * len(head)]
+    notes = []
     for r in results:
+        m = r.extra_metrics
+        spread = f"{m['ratio_to_limit_min']:.2f}-{m['ratio_to_limit_max']:.2f}"
         rows.append(
-            f"{r.entry:<{width}} {r.images_per_sec:>9.0f} {r.images_per_sec / limit:>6.2f} "
+            f"{r.entry:<{width}} {r.images_per_sec:>9.0f} {m['ratio_to_limit']:>6.2f} {spread:>11} "
             f"{r.peak_rss_mb:>8.0f} {r.baseline_rss_mb:>8.0f}"
         )
         if r.entry == DECODE_LIMIT:
-            one = r.extra_metrics["one_core_images_per_sec"]
-            rows.append(
-                f"{'  (one core, x' + str(cores) + ' = limit)':<{width}} {one:>9.0f} {one / limit:>6.2f}"
+            one = m["one_core_images_per_sec"]
+            rows.append(f"{'  (one core, x' + str(cores) + ' = limit)':<{width}} {one:>9.0f}")
+        if m.get("pack_mb"):
+            notes.append(
+                f"{r.entry}: pack of {m['pack_mb']:.0f} MB written once in {m['pack_time_s']:.1f} s "
+                f"({1000 * m['pack_time_s'] / r.images_per_pass:.1f} s per 1,000 images; 0: an existing "
+                "pack reused), not counted in its rate"
             )
-    return "\n".join(rows)
+    return "\n".join(rows + notes)
 
 
-def _measure_all(
+def _measure_rounds(
     entries: list[str], cfg: BenchmarkConfig, root: Path, cores: int, label: str
-) -> tuple[dict[str, EntryResult], dict[str, str]]:
-    """Every entry in turn, each in a fresh process; the decode limit once more at the end."""
-    results: dict[str, EntryResult] = {}
+) -> tuple[list[dict[str, EntryResult]], dict[str, str]]:
+    """`cfg.rounds` rounds of every entry, each in a fresh process, one at a time (concurrent entries
+    would share the cores). The limit opens each round and closes the last; a round's limit is the
+    mean of the two around it, so a machine that speeds up or slows down (other jobs, thermal
+    limits) moves an entry and its limit together."""
+    limits: list[EntryResult] = []
+    rounds: list[dict[str, EntryResult]] = []
     failures: dict[str, str] = {}
-    # The limit is measured first and again last, so a machine that speeds up or slows down
-    # during the invocation (other jobs, thermal limits) does not skew every ratio one way.
-    for entry in [*entries, DECODE_LIMIT]:  # one at a time: concurrent entries would share the cores
-        if cfg.progress:
-            print(f"[{label}] {entry} ...", flush=True)
-        try:
-            result = run_child(entry, cfg, root, cores)
-        except (EntryFailedError, subprocess.TimeoutExpired) as e:
-            if entry == DECODE_LIMIT and entry not in results:
-                raise  # without the limit no ratio means anything
-            print(f"  FAILED: {e}", file=sys.stderr, flush=True)
-            failures.setdefault(entry, str(e))
-            continue
-        if cfg.progress:
-            print(f"  {result.images_per_sec:,.0f} images/s, peak {result.peak_rss_mb:,.0f} MB", flush=True)
-        results[entry] = merge_limits(results[entry], result) if entry in results else result
-    failures = {e: error for e, error in failures.items() if e not in results}  # a limit re-measured fine
-    return results, failures
+    others = [e for e in entries if e != DECODE_LIMIT]
+    for number in range(cfg.rounds + 1):
+        last = number == cfg.rounds
+        for entry in [DECODE_LIMIT] if last else [DECODE_LIMIT, *others]:
+            if cfg.progress:
+                print(
+                    f"[{label}, round {min(number, cfg.rounds - 1) + 1}/{cfg.rounds}] {entry} ...", flush=True
+                )
+            try:
+                result = run_child(entry, cfg, root, cores)
+            except (EntryFailedError, subprocess.TimeoutExpired) as e:
+                if entry == DECODE_LIMIT:
+                    raise  # without the limit no ratio means anything
+                print(f"  FAILED: {e}", file=sys.stderr, flush=True)
+                failures.setdefault(entry, str(e))
+                continue
+            if cfg.progress:
+                print(
+                    f"  {result.images_per_sec:,.0f} images/s, peak {result.peak_rss_mb:,.0f} MB", flush=True
+                )
+            if entry == DECODE_LIMIT:
+                limits.append(result)
+                if number > 0:  # the previous round is now bracketed by two limits
+                    rounds[-1][DECODE_LIMIT] = merge_limits(limits[-2], limits[-1])
+                if not last:
+                    rounds.append({})
+            else:
+                rounds[-1][entry] = result
+    failures = {e: error for e, error in failures.items() if not any(e in r for r in rounds)}
+    return rounds, failures
 
 
 def _log_run(
