@@ -254,7 +254,7 @@ def test_memory_scaling_preset_sweeps_sizes_and_loaders() -> None:
         cfg = compose("config", overrides=["experiment=memory_scaling"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params == {
         "data.num_images": "2000,8000,32000",
-        "loader": "inmemory,generator,sequence,tfdata",
+        "loader": "inmemory,generator,sequence,tfdata,packed",
     }
     assert (cfg.data.image_size, cfg.model.input_size, cfg.trainer.epochs) == (256, 224, 1)
 
