@@ -126,6 +126,7 @@ def test_many_jobs_in_one_process_leave_nothing_behind(
     with pytest.raises(KeyboardInterrupt):
         train(job("sigterm", "loader=sequence", "batch.train=4"))
     monkeypatch.setattr(run_module, "_callbacks", original)
+    last_fit_ended = time.monotonic()  # the last job whose fit started a watchdog and did not finish
     assert_nothing_left(clean, "a job stopped by SIGTERM mid-epoch")
 
     with pytest.raises(ConfigError):
@@ -154,7 +155,8 @@ def test_many_jobs_in_one_process_leave_nothing_behind(
     last_cfg = job("last")
     assert math.isfinite(train(last_cfg))
     assert_nothing_left(clean, "the last normal job")
-    time.sleep(2 * STALL_S + 2)  # a watchdog left running would have ended this process by now
+    # A watchdog left running by any job that failed mid-fit would have ended this process by now.
+    time.sleep(max(0.0, last_fit_ended + 2 * STALL_S + 2 - time.monotonic()))
 
     all_runs = runs(tracking_uri, experiment)
     by_folder = {r.data.params.get("paths.output_dir"): r for r in all_runs}

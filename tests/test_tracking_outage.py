@@ -19,7 +19,7 @@ from loaderlab import PROJECT_ROOT
 from test_scale_out import free_ports, wait_for_health
 
 pytestmark = pytest.mark.slow
-EPOCHS = 8
+EPOCHS = 6
 # MLflow's own retries off: only the project's journal can carry metrics across the outage.
 NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
@@ -79,7 +79,7 @@ class Job:
             "tracking.artifact_location=null",
             f"trainer.epochs={EPOCHS}",
             "trainer.early_stopping_patience=null",
-            "batch.train=4",
+            "batch.train=8",
             f"hydra.run.dir={self.folder}",
             *overrides,
         )

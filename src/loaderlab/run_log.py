@@ -182,6 +182,8 @@ class RunLog:
                 if self._done():
                     return
                 record = self._records[self._delivered]
+            # Asked before each delivery, so the thread waits here, not inside MLflow's own retries
+            # (minutes); only a call already under way when the server goes away sits in those.
             if not server_answers(self.uri):
                 self._note_outage()
                 with self._cond:
@@ -196,7 +198,7 @@ class RunLog:
                 if failures < 3:
                     time.sleep(1.0)
                     continue
-                log.error("MLflow refused a record for run %s, left out: %s (%s)", self.run_id, record, e)
+                log.error("MLflow refused a record for run %s, left out: %.300s (%s)", self.run_id, record, e)
             failures = 0
             self._note_back()
             with self._cond:

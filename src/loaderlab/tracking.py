@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import logging
 import os
 import subprocess
 import urllib.error
@@ -22,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import PROJECT_ROOT
 from loaderlab.run_log import RunLog
+
+log = logging.getLogger(__name__)
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -188,4 +191,7 @@ def tracked_run(
         if parent_run_id and not left:
             from loaderlab.sweep import settle_parent
 
-            settle_parent(uri, parent_run_id)
+            try:
+                settle_parent(uri, parent_run_id)
+            except Exception as e:  # noqa: BLE001 - the job's own outcome stands; the sweep's end settles it
+                log.warning("Could not bring the sweep's parent run %s up to date: %s", parent_run_id, e)

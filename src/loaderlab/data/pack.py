@@ -33,7 +33,10 @@ from loaderlab.utils.system import usable_cores
 log = logging.getLogger(__name__)
 PACK_FORMAT = 1  # bump when the record layout changes: old packs are then not reused
 META = "pack.json"  # written last: its presence means the pack is complete
-_SAMPLING = {"444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420}
+SAMPLING = {  # chroma subsampling by name
+    "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+}
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def _encode_one(task: tuple[str, int, PackSpec]) -> tuple[str, int, bytes | None
         cv2.IMWRITE_JPEG_QUALITY,
         spec.quality,
         cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-        _SAMPLING[spec.subsampling],
+        SAMPLING[spec.subsampling],
     ]
     ok, encoded = cv2.imencode(".jpg", image, params)
     if not ok:
