@@ -47,6 +47,16 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         return compose("config", overrides=list(overrides or []))
 
 
+PACK_ROOT: list[Path] = []  # where tests' packed loaders write: the session's own folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for the packs tests write, never the project's outputs/."""
+    PACK_ROOT[:] = [tmp_path_factory.mktemp("packed")]
+    return PACK_ROOT[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated synthetic dataset, shared by the session (read-only)."""

@@ -85,8 +85,13 @@ class TrainProcess:
         """The pool's worker processes, waited for (Keras makes a new pool every epoch)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            children = psutil.Process(self.proc.pid).children()
-            pool = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+            pool = []
+            for child in psutil.Process(self.proc.pid).children():
+                try:
+                    if "resource_tracker" not in " ".join(child.cmdline()):
+                        pool.append(child)
+                except psutil.NoSuchProcess:  # a killed worker, gone or a zombie
+                    continue
             if pool:
                 return pool
             time.sleep(0.05)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PACK_ROOT
 from helpers import make_mixed_dataset, write_image
 from loaderlab.data.folder import folder_manifest
 from loaderlab.data.synthetic import generate
@@ -17,19 +18,13 @@ from loaderlab.loaders.inmemory import InMemoryLoader, InsufficientMemoryError
 from loaderlab.monitor import MemorySampler
 
 LOADER_NAMES = ["inmemory", "generator", "sequence", "tfdata", "packed"]
-PACKS: list[Path] = []  # where make_loader's packed loaders write: this module's own folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def pack_root(tmp_path_factory) -> None:
-    PACKS[:] = [tmp_path_factory.mktemp("packed")]
 
 
 def make_loader(name: str, **kwargs):
     if name == "packed":
         from loaderlab.loaders.packed import PackedLoader
 
-        return PackedLoader(root=str(PACKS[0]), progress=False, **kwargs)
+        return PackedLoader(root=str(PACK_ROOT[0]), progress=False, **kwargs)
     if name == "inmemory":
         return InMemoryLoader(**kwargs)
     if name == "generator":

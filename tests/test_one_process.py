@@ -53,6 +53,7 @@ def process_state() -> dict:
         "SIGINT": signal.getsignal(signal.SIGINT),
         "environ": dict(os.environ),
         "atexit": atexit._ncallbacks(),
+        "buffers": {id(o) for o in gc.get_objects() if isinstance(o, PathBatches)},  # other tests' too
     }
 
 
@@ -67,7 +68,11 @@ def assert_nothing_left(before: dict, job: str) -> None:
         time.sleep(0.2)
     assert not new, f"{job} left threads: {[t.name for t in new]}"
     gc.collect()
-    held = [o for o in gc.get_objects() if isinstance(o, PathBatches) and (o.ring is not None or o._ahead)]
+    held = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, PathBatches) and id(o) not in before["buffers"] and (o.ring is not None or o._ahead)
+    ]
     assert not held, f"{job} left PyDataset batch buffers reachable"
     for key in ("SIGTERM", "SIGINT", "environ", "atexit"):
         assert after[key] == before[key], f"{job} left {key} changed"
