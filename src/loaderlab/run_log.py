@@ -82,8 +82,7 @@ class RunLog:
         self._records: list[dict[str, Any]] = []
         self._delivered = 0
         if self.path.exists():  # a resumed run: what an earlier job could not deliver goes first
-            self._records = [json.loads(line) for line in self.path.read_text().splitlines()[1:] if line]
-            self._delivered = int(self._offset_file.read_text()) if self._offset_file.exists() else 0
+            _, self._records, self._delivered = _read_journal(self.path)
         else:
             self.path.write_text(json.dumps({"uri": uri, "run_id": run_id}) + "\n")
         self._lowest: dict[str, float] = {}
@@ -222,13 +221,18 @@ class RunLog:
             self._outage_since = None
 
 
+def _read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """A journal's header, its records and how many of them were delivered."""
+    lines = path.read_text().splitlines()
+    offset_file = path.with_suffix(".delivered")
+    delivered = int(offset_file.read_text()) if offset_file.exists() else 0
+    return json.loads(lines[0]), [json.loads(line) for line in lines[1:] if line], delivered
+
+
 def deliver_journal(path: Path) -> int:
     """Deliver what a journal still holds, now; return how many records are left (0: all delivered)."""
-    lines = Path(path).read_text().splitlines()
-    header = json.loads(lines[0])
-    records = [json.loads(line) for line in lines[1:] if line]
+    header, records, delivered = _read_journal(Path(path))
     offset_file = Path(path).with_suffix(".delivered")
-    delivered = int(offset_file.read_text()) if offset_file.exists() else 0
     client = MlflowClient(header["uri"])
     for record in records[delivered:]:
         if not server_answers(header["uri"]):
