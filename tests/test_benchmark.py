@@ -114,13 +114,14 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
     assert runs[DECODE_LIMIT].data.metrics["one_core_images_per_sec"] == pytest.approx(
         limit / int(runs[DECODE_LIMIT].data.params["cores"])
     )
+    assert 0 < runs[DECODE_LIMIT].data.metrics["all_cores_ratio"] < 2  # measured, not assumed
     assert runs["tfdata"].data.params["loader.autotune"] == "False"
     assert runs[AUTOTUNE_ON].data.params["loader.autotune"] == "True"
     assert runs["tfdata"].data.params["batch_path"] == KERAS_PATH  # how batches were pulled, on record
 
 
 def fake_result(entry: str, rate: float) -> EntryResult:
-    extra = {"one_core_images_per_sec": rate / 2} if entry == DECODE_LIMIT else {}
+    extra = {"one_core_images_per_sec": rate / 2, "all_cores_ratio": 0.85} if entry == DECODE_LIMIT else {}
     return EntryResult(entry, rate, [rate], 64, 100.0, 90.0, "pss_sum", {}, extra)
 
 
@@ -158,6 +159,7 @@ def test_table_shows_ratio_and_one_core_rate() -> None:
     rounds = [{DECODE_LIMIT: fake_result(DECODE_LIMIT, 2000.0), "tfdata": fake_result("tfdata", 1800.0)}]
     table = format_table([summarize(DECODE_LIMIT, rounds), summarize("tfdata", rounds)], 2)
     assert "0.90" in table and "1000" in table  # tfdata's ratio; the one-core rate
+    assert "every core at once, plain threads" in table and "1700   0.85" in table
 
 
 def test_rounds_report_the_median_ratio_to_each_rounds_own_limit(

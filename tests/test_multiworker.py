@@ -241,3 +241,21 @@ def test_resume_after_a_kill_continues_from_the_last_finished_epoch(killed_clust
     assert steps == list(range(done + 1))
     other = worker_run(outputs / "run" / "worker1", 1)  # worker 1's store is in the folder it resumed
     assert other.data.tags["weights_sha256"] == run.data.tags["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_packed_under_multiworker_each_worker_packs_and_trains_on_its_own_shard(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    cluster = start_cluster(tmp_path, tiny_root, "loader=packed", "loader.progress=false", "trainer.epochs=1")
+    try:
+        codes = cluster.wait()
+    finally:
+        cluster.stop()
+    assert codes == [0, 0], cluster.output(0)[-3000:] + cluster.output(1)[-3000:]
+    _, run = chief_run(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.params["loader._target_"].endswith("PackedLoader")
+    packs = [json.loads(meta.read_text()) for meta in (tmp_path / "packed").glob("*/pack.json")]
+    train = sorted(p["records"] for p in packs if p["split"] == "train")
+    manifest = synthetic_manifest(str(tiny_root), **TINY, val_fraction=0.2, split_seed=0)
+    assert len(train) == 2 and sum(train) == len(manifest.train)  # one pack per worker's shard

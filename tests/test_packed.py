@@ -131,3 +131,25 @@ def test_bad_files_follow_the_policy_at_pack_time(tmp_path: Path, policy: str) -
     assert pack.records == len(split) - 1 and [p for p, _ in decoder.skipped] == [str(root / "a" / "002.jpg")]
     decoder_again = ImageDecoder(ImageSpec(8, 8), policy)
     assert loader.pack(split, decoder_again, training=True).reused and len(decoder_again.skipped) == 1
+
+
+def test_under_multiworker_each_worker_packs_and_reads_its_own_shard(tmp_path: Path, tiny_root: Path) -> None:
+    """Each worker packs the shard of files strategy=multiworker gives it: together, every file once."""
+    import tensorflow as tf
+
+    from loaderlab.training.distributed import shard
+
+    split = folder_manifest(str(tiny_root), val_fraction=0.25).train
+    loader, decoder = PackedLoader(root=str(tmp_path), progress=False), ImageDecoder(ImageSpec(16, 16))
+    read = []
+    for index in range(2):
+        part = shard(split, index, 2)
+        _, labels = images_and_labels(loader.dataset(part, decoder, 4, training=True))
+        assert sorted(labels.tolist()) == sorted(part.labels.tolist())
+        pack = loader.pack(part, decoder, training=True)
+        records = tf.data.TFRecordDataset(pack.shards).map(
+            lambda r: tf.io.parse_single_example(r, {"path": tf.io.FixedLenFeature([], tf.string)})["path"]
+        )
+        read.append([p.decode() for p in records.as_numpy_iterator()])
+    assert not set(read[0]) & set(read[1])
+    assert sorted(read[0] + read[1]) == sorted(split.paths)

@@ -187,6 +187,7 @@ def merge_limits(first: EntryResult, last: EntryResult) -> EntryResult:
             "one_core_images_per_sec": mean_rate(one_core),
             "one_core_images_per_sec_first": one_core[0],
             "one_core_images_per_sec_last": one_core[1],
+            "all_cores_ratio": median(r.extra_metrics["all_cores_ratio"] for r in (first, last)),
         },
     )
 
@@ -199,6 +200,8 @@ def summarize(entry: str, rounds: list[dict[str, EntryResult]]) -> EntryResult:
     results = [result for result, _ in ran]
     first = results[0]
     extra = {key: max(r.extra_metrics.get(key, 0.0) for r in results) for key in first.extra_metrics}
+    if entry == DECODE_LIMIT:
+        extra["all_cores_ratio"] = median(r.extra_metrics["all_cores_ratio"] for r in results)
     extra |= {
         "ratio_to_limit": median(ratios),
         "ratio_to_limit_min": min(ratios),
@@ -235,6 +238,11 @@ def format_table(results: Iterable[EntryResult], cores: int) -> str:
         if r.entry == DECODE_LIMIT:
             one = m["one_core_images_per_sec"]
             rows.append(f"{'  (one core, x' + str(cores) + ' = limit)':<{width}} {one:>9.0f}")
+            together = m["all_cores_ratio"]
+            rows.append(
+                f"{'  (every core at once, plain threads)':<{width}} "
+                f"{together * r.images_per_sec:>9.0f} {together:>6.2f}"
+            )
         if m.get("pack_mb"):
             notes.append(
                 f"{r.entry}: pack of {m['pack_mb']:.0f} MB written once in {m['pack_time_s']:.1f} s "
