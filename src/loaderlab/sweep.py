@@ -109,12 +109,13 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
+        from loaderlab.data.storage import redact_overrides
         from loaderlab.tracking import connect, git_commit
 
         tracking = config.tracking
         experiment_id = connect(tracking.uri, tracking.experiment, tracking.artifact_location)
         sweep_id = sweep_id_from_dir(config.hydra.sweep.dir)
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = " ".join(redact_overrides(config.hydra.overrides.task))
         run = MlflowClient(tracking.uri).create_run(
             experiment_id,
             run_name=f"sweep {sweep_id}",

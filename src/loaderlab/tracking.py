@@ -22,6 +22,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import PROJECT_ROOT
+from loaderlab.data.storage import redact
 from loaderlab.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,14 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None) -> 
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as dotted keys, e.g. {'loader.workers': '2'}."""
+    """The resolved config as dotted keys, e.g. {'loader.workers': '2'}; storage secrets redacted."""
     out: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
+                if key == "storage_options":
+                    value = redact(value)
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         else:
             out[prefix] = str(node)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from loaderlab.data.manifest import Manifest
-from loaderlab.loaders.decode import ON_BAD_IMAGE, BadImageError, ImageSpec
-
-_JPEG, _PNG, _BMP = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM"
-_TAIL = 1024  # bytes read from the end to find the JPEG/PNG end marker
+from loaderlab.data.storage import is_url
+from loaderlab.loaders.decode import ON_BAD_IMAGE, TAIL_BYTES, BadImageError, ImageSpec, image_verdict
 
 
 class ConfigError(ValueError):
@@ -61,32 +62,80 @@ def inspect_file(path: str) -> str | None:
             return "file is empty (0 bytes)"
         with open(path, "rb") as f:
             head = f.read(16)
-            f.seek(max(0, size - _TAIL))
+            f.seek(max(0, size - TAIL_BYTES))
             tail = f.read()
     except FileNotFoundError:
         return "file does not exist"
     except OSError as e:
         return f"cannot be read ({e.strerror})"
-    if head.startswith(_JPEG):
-        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
-    if head.startswith(_PNG):
-        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
-    if head.startswith(_BMP):
-        declared = int.from_bytes(head[2:6], "little")
-        return None if declared <= size else f"truncated BMP ({size} of {declared} bytes)"
-    return "not a JPEG, PNG or BMP file (unknown header)"
+    return image_verdict(head, tail, size)
 
 
-def find_bad_images(paths: tuple[str, ...], workers: int = 16) -> dict[str, str]:
-    """Inspect every file in parallel; return {path: reason} for the bad ones."""
+def find_bad_images(
+    paths: tuple[str, ...], workers: int = 16, cache_dir: Path | None = None
+) -> dict[str, str]:
+    """Inspect every local file in parallel; return {path: reason} for the bad ones.
+
+    URLs are left to the read (a store would answer one request per object here). With `cache_dir`,
+    verdicts are kept there keyed by path, size and mtime, and only new or changed files are read.
+    """
+    local = [p for p in paths if not is_url(p)]
+    if not local:
+        return {}
     with ThreadPoolExecutor(workers) as pool:
-        reasons = pool.map(inspect_file, paths, chunksize=256)
-        return {p: r for p, r in zip(paths, reasons, strict=True) if r is not None}
+        if cache_dir is None:
+            reasons = list(pool.map(inspect_file, local))
+        else:
+            reasons = _cached_verdicts(local, pool, Path(cache_dir))
+    return {p: r for p, r in zip(local, reasons, strict=True) if r is not None}
 
 
-def drop_bad_images(manifest: Manifest, on_bad_image: str) -> tuple[Manifest, dict[str, str]]:
+def _cached_verdicts(paths: list[str], pool: ThreadPoolExecutor, cache_dir: Path) -> list[str | None]:
+    """inspect_file's verdicts, read from the cache for files whose size and mtime are unchanged."""
+    cache = cache_dir / f"{hashlib.sha256(os.path.commonpath(paths).encode()).hexdigest()[:16]}.pkl"
+    chunks = [paths[i : i + 4096] for i in range(0, len(paths), 4096)]
+    stats = [s for chunk in pool.map(_stat_chunk, chunks) for s in chunk]
+    try:
+        with open(cache, "rb") as f:
+            known: dict[str, tuple[int, int, str | None]] = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError):
+        known = {}
+    reasons: list[str | None] = [None] * len(paths)
+    todo = []
+    for i, (path, stat) in enumerate(zip(paths, stats, strict=True)):
+        hit = known.get(path)
+        if stat is not None and hit is not None and hit[:2] == stat:
+            reasons[i] = hit[2]
+        else:
+            todo.append(i)
+    for i, reason in zip(todo, pool.map(inspect_file, [paths[i] for i in todo]), strict=True):
+        reasons[i] = reason
+    if todo or len(known) != len(paths):  # keep exactly this dataset's files, written atomically
+        fresh = {p: (*s, r) for p, s, r in zip(paths, stats, reasons, strict=True) if s is not None}
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")
+        with open(partial, "wb") as f:
+            pickle.dump(fresh, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, cache)
+    return reasons
+
+
+def _stat_chunk(paths: list[str]) -> list[tuple[int, int] | None]:
+    out: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            out.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return out
+
+
+def drop_bad_images(
+    manifest: Manifest, on_bad_image: str, cache_dir: Path | None = None
+) -> tuple[Manifest, dict[str, str]]:
     """Apply data.on_bad_image to what the pass finds: raise on the first, or leave them out."""
-    bad = find_bad_images(manifest.train.paths + manifest.val.paths)
+    bad = find_bad_images(manifest.train.paths + manifest.val.paths, cache_dir=cache_dir)
     if not bad:
         return manifest, bad
     if on_bad_image == "error":

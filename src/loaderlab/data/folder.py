@@ -12,12 +12,15 @@ from loaderlab.data.manifest import (
     make_split,
     stratified_split,
 )
+from loaderlab.data.storage import Storage, is_url
 
 
 def scan_class_folders(
-    root: str | Path, class_names: tuple[str, ...] | None = None
+    root: str | Path, class_names: tuple[str, ...] | None = None, storage: Storage | None = None
 ) -> tuple[list[str], list[int], tuple[str, ...]]:
-    """List image files under root/<class>/ (recursively, following symlinks)."""
+    """List image files under root/<class>/ (recursively, following symlinks; a URL: one listing)."""
+    if is_url(str(root)):
+        return _scan_store(str(root), class_names, storage or Storage())
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(
@@ -54,12 +57,52 @@ def scan_class_folders(
     return paths, labels, found
 
 
+def _scan_store(
+    root: str, class_names: tuple[str, ...] | None, storage: Storage
+) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """Class folders under a URL from the store's paginated listing: no request per object."""
+    root = root.rstrip("/")
+    by_class: dict[str, list[str]] = {}
+    for url in storage.list_files(root):
+        name, _, rest = url[len(root) + 1 :].partition("/")
+        leaf = rest.rsplit("/", 1)[-1]
+        if rest and not name.startswith(".") and not leaf.startswith("."):
+            files = by_class.setdefault(name, [])
+            if leaf.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(url)
+    found = tuple(sorted(by_class))
+    if not found:
+        raise DatasetError(
+            f"{root} has no class folders (the prefix is empty or holds no <class_name>/<image> objects). "
+            "Check data.root."
+        )
+    if class_names is not None and found != class_names:
+        raise DatasetError(
+            f"Class folders of '{root}' are {list(found)}, but the training set has {list(class_names)}. "
+            "The validation folder must have the same class folders."
+        )
+    empty = [name for name in found if not by_class[name]]
+    if empty:
+        raise DatasetError(
+            f"Class folder '{root}/{empty[0]}' has no images ({', '.join(IMAGE_EXTENSIONS)}). "
+            "Add images or remove the folder."
+        )
+    paths = [url for name in found for url in by_class[name]]
+    labels = [label for label, name in enumerate(found) for _ in by_class[name]]
+    return paths, labels, found
+
+
 def folder_manifest(
-    root: str, val_root: str | None = None, val_fraction: float = 0.2, split_seed: int = 0
+    root: str,
+    val_root: str | None = None,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    storage_options: dict | None = None,
 ) -> Manifest:
-    """Read a class-folder dataset, split by seed or by a separate validation folder."""
-    paths, labels, class_names = scan_class_folders(root)
+    """Read a class-folder dataset (a path or any fsspec URL), split by seed or by a validation folder."""
+    storage = Storage(dict(storage_options or {}))
+    paths, labels, class_names = scan_class_folders(root, storage=storage)
     if val_root is None:
         return stratified_split(paths, labels, class_names, val_fraction, split_seed)
-    val_paths, val_labels, _ = scan_class_folders(val_root, class_names)
+    val_paths, val_labels, _ = scan_class_folders(val_root, class_names, storage)
     return Manifest(make_split(paths, labels), make_split(val_paths, val_labels), class_names)

@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 
 from loaderlab.data.manifest import Split
-from loaderlab.loaders.decode import BadImageError, ImageSpec, decode_resize
+from loaderlab.data.storage import Storage, is_url
+from loaderlab.loaders.decode import BadImageError, ImageSpec, decode_bytes, decode_resize, remote_bytes
 from loaderlab.utils.system import usable_cores
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ class Pack:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) under on_bad_image=skip
 
 
-def fingerprint(split: Split, split_name: str, spec: PackSpec) -> str:
-    """A digest of the sources (path, size, mtime, label), the split and how the pack stores them."""
+def fingerprint(split: Split, split_name: str, spec: PackSpec, storage: Storage | None = None) -> str:
+    """A digest of the sources (path, size, mtime or ETag, label), the split and how the pack stores them."""
     digest = hashlib.sha256(
         json.dumps(
             {
@@ -79,10 +80,13 @@ def fingerprint(split: Split, split_name: str, spec: PackSpec) -> str:
             sort_keys=True,
         ).encode()
     )
+    remote = {}  # URL: size and ETag from one listing, not a request per object
+    if split.paths and is_url(split.paths[0]):
+        remote = (storage or Storage()).object_facts(split.paths)
     for path, label in zip(split.paths, split.labels.tolist(), strict=True):
         try:
-            stat = os.stat(path)
-            facts = f"{stat.st_size}:{stat.st_mtime_ns}"
+            stat = os.stat(path) if not remote else None
+            facts = remote.get(path, "missing") if remote else f"{stat.st_size}:{stat.st_mtime_ns}"
         except OSError:
             facts = "missing"  # the pass over the files reports it; the key still differs
         digest.update(f"{path}\0{label}\0{facts}\n".encode())
@@ -97,9 +101,14 @@ def pack_split(
     on_bad_image: str = "error",
     workers: int | None = None,
     progress: bool = True,
+    storage: Storage | None = None,
 ) -> Pack:
-    """The split's pack under root: reused when its fingerprint is there, else written with every core."""
-    folder = Path(root) / fingerprint(split, split_name, spec)
+    """The split's pack under root: reused when its fingerprint is there, else written with every core.
+
+    Sources at URLs are fetched here, `storage.concurrency` at a time, and encoded by the workers.
+    """
+    storage = storage or Storage()
+    folder = Path(root) / fingerprint(split, split_name, spec, storage)
     if (folder / META).exists():
         return _read_meta(folder, reused=True)
     start = time.perf_counter()
@@ -107,7 +116,7 @@ def pack_split(
     tmp.mkdir(parents=True)
     try:
         skipped = _write_shards(
-            split, split_name, spec, tmp, on_bad_image, workers or usable_cores(), progress
+            split, split_name, spec, tmp, on_bad_image, workers or usable_cores(), progress, storage
         )
         meta = {"records": len(split) - len(skipped), "seconds": time.perf_counter() - start}
         (tmp / META).write_text(json.dumps(meta | {"skipped": skipped, "split": split_name}))
@@ -143,23 +152,24 @@ def _write_shards(
     on_bad_image: str,
     workers: int,
     progress: bool,
+    storage: Storage,
 ) -> list[tuple[str, str]]:
     """Encode the split and write its records, rolling shards at shard_mb."""
     import tensorflow as tf
 
     shuffled = split_name == "train"
     order = np.random.default_rng(0).permutation(len(split)) if shuffled else np.arange(len(split))
-    tasks = [(split.paths[i], int(split.labels[i]), spec) for i in order]
+    tasks = _sources([(split.paths[i], int(split.labels[i])) for i in order], spec, storage)
     bar = None
     if progress:
         from keras.utils import Progbar
 
-        print(f"Packing {len(tasks)} images at {spec.stored.height}x{spec.stored.width} into {folder.parent}")
-        bar = Progbar(len(tasks), unit_name="image")
+        print(f"Packing {len(order)} images at {spec.stored.height}x{spec.stored.width} into {folder.parent}")
+        bar = Progbar(len(order), unit_name="image")
     skipped: list[tuple[str, str]] = []
     writer, shard, written = None, 0, 0.0
     try:
-        for done, (path, label, data, reason) in enumerate(_encoded(tasks, workers), start=1):
+        for done, (path, label, data, reason) in enumerate(_encoded(tasks, len(order), workers), start=1):
             if data is None:
                 if on_bad_image == "error":
                     raise BadImageError(path, reason)
@@ -180,9 +190,21 @@ def _write_shards(
     return skipped
 
 
-def _encoded(tasks: list, workers: int) -> Iterator[tuple[str, int, bytes | None, str]]:
-    """(path, label, JPEG bytes or None, reason) in task order, encoded by `workers` processes."""
-    if workers <= 1 or len(tasks) < 64:
+def _sources(
+    items: list[tuple[str, int]], spec: PackSpec, storage: Storage, chunk: int = 256
+) -> Iterator[tuple[str, int, PackSpec, bytes | Exception | None]]:
+    """Encoding tasks: a local file is read by its worker; URLs are fetched here, a chunk at once."""
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        urls = [path for path, _ in part if is_url(path)]
+        fetched = dict(zip(urls, storage.read_many(urls), strict=True)) if urls else {}
+        for path, label in part:
+            yield path, label, spec, fetched.get(path)
+
+
+def _encoded(tasks: Iterator, count: int, workers: int) -> Iterator[tuple[str, int, bytes | None, str]]:
+    """(path, label, JPEG bytes or None, reason) of `count` tasks in order, encoded by `workers` processes."""
+    if workers <= 1 or count < 64:
         yield from map(_encode_one, tasks)
         return
     # spawn, not fork: the parent may already run TensorFlow threads.
@@ -190,11 +212,16 @@ def _encoded(tasks: list, workers: int) -> Iterator[tuple[str, int, bytes | None
         yield from pool.imap(_encode_one, tasks, chunksize=32)
 
 
-def _encode_one(task: tuple[str, int, PackSpec]) -> tuple[str, int, bytes | None, str]:
-    """One source file through the shared spec at the stored size, then JPEG."""
-    path, label, spec = task
+def _encode_one(
+    task: tuple[str, int, PackSpec, bytes | Exception | None],
+) -> tuple[str, int, bytes | None, str]:
+    """One source (a file, or a URL's fetched bytes) through the shared spec at the stored size, then JPEG."""
+    path, label, spec, fetched = task
     try:
-        image = decode_resize(path, spec.stored)
+        if fetched is None:
+            image = decode_resize(path, spec.stored)
+        else:
+            image = decode_bytes(remote_bytes(path, fetched), spec.stored, name=path)
     except BadImageError as e:
         return path, label, None, e.reason
     if image.shape[-1] == 3:

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from loaderlab.data.manifest import DatasetError, Manifest, make_split, stratified_split
+from loaderlab.data.storage import Storage, beside, is_url
 
 REQUIRED_COLUMNS = ("path", "label")
 
 
 def read_table(
-    table: str | Path, class_names: tuple[str, ...] | None = None
+    table: str | Path, class_names: tuple[str, ...] | None = None, storage: Storage | None = None
 ) -> tuple[list[str], list[int], tuple[str, ...]]:
-    """Read a CSV of path,label rows; labels are class names."""
+    """Read a CSV of path,label rows (a file or any fsspec URL); labels are class names."""
+    if is_url(str(table)):
+        url = str(table)
+        text = (storage or Storage()).read_text(url)
+        # Relative paths resolve against the table's own URL, as they do against its folder locally.
+        return _parse_table(url, text, class_names, lambda p: beside(url, p))
     table = Path(table).expanduser()
     if not table.is_file():
         raise DatasetError(f"CSV file '{table}' does not exist. Set data.csv to a table of path,label rows.")
     # utf-8-sig: spreadsheet programs save CSVs with a byte-order mark, which is not part of the header.
-    with open(table, newline="", encoding="utf-8-sig") as f:
+    text = table.read_text(encoding="utf-8-sig")
+    return _parse_table(str(table), text, class_names, lambda p: str(table.parent / p))
+
+
+def _parse_table(
+    table: str, text: str, class_names: tuple[str, ...] | None, resolve
+) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """Rows of a CSV's text as paths (through `resolve`), label indices and class names."""
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = tuple(reader.fieldnames or ())
         if not set(REQUIRED_COLUMNS) <= set(header):
@@ -38,7 +53,7 @@ def read_table(
                 f"{table}:{line}: label '{label}' is not one of the classes {list(known)}. "
                 "Fix the row or add the class to data.class_names."
             )
-        paths.append(str(table.parent / path))
+        paths.append(resolve(path))
         labels.append(index[label])
     missing = [name for name in known if name not in {rows_label for _, rows_label in rows}]
     if missing:
@@ -52,10 +67,12 @@ def csv_manifest(
     val_fraction: float = 0.2,
     split_seed: int = 0,
     class_names: list[str] | None = None,
+    storage_options: dict | None = None,
 ) -> Manifest:
-    """Read a CSV dataset, split by seed or by a separate validation table."""
-    paths, labels, names = read_table(csv, tuple(class_names) if class_names else None)
+    """Read a CSV dataset (a file or any fsspec URL), split by seed or by a separate validation table."""
+    storage = Storage(dict(storage_options or {}))
+    paths, labels, names = read_table(csv, tuple(class_names) if class_names else None, storage)
     if val_csv is None:
         return stratified_split(paths, labels, names, val_fraction, split_seed)
-    val_paths, val_labels, _ = read_table(val_csv, names)
+    val_paths, val_labels, _ = read_table(val_csv, names, storage)
     return Manifest(make_split(paths, labels), make_split(val_paths, val_labels), names)

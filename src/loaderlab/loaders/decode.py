@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from loaderlab.data.storage import Storage, StoreError, explain, is_url
+
 # EXIF orientation is ignored, as tf.io.decode_jpeg and keras' image_dataset_from_directory do.
 # Colour decodes straight to RGB where OpenCV can (>= 4.10): the same pixels as BGR then cvtColor
 # (libjpeg-turbo only orders the channels differently), without a second full-size pass and buffer.
@@ -30,6 +32,8 @@ _REDUCED = {
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers with no length field: TEM, RST0-7
 ON_BAD_IMAGE = ("error", "skip")
+_JPEG, _PNG, _BMP = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM"
+TAIL_BYTES = 1024  # bytes from the end in which a JPEG's or PNG's end marker is looked for
 
 
 class BadImageError(RuntimeError):
@@ -126,6 +130,36 @@ def decode_flags(data: bytes | np.ndarray, spec: ImageSpec) -> int:
     return _FLAGS[spec.channels]  # PNG, BMP (OpenCV would shrink them with a resize) and full-size JPEG
 
 
+def image_verdict(head: bytes, tail: bytes, size: int) -> str | None:
+    """Why a file cannot be a good image, from its first 16 and last TAIL_BYTES bytes; None if fine."""
+    if size == 0:
+        return "file is empty (0 bytes)"
+    if head.startswith(_JPEG):
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+    if head.startswith(_PNG):
+        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
+    if head.startswith(_BMP):
+        declared = int.from_bytes(head[2:6], "little")
+        return None if declared <= size else f"truncated BMP ({size} of {declared} bytes)"
+    return "not a JPEG, PNG or BMP file (unknown header)"
+
+
+def remote_bytes(url: str, fetched: bytes | Exception) -> bytes:
+    """An object's bytes as Storage.read_many gave them, or a BadImageError naming it.
+
+    A store that answers per-object (missing, truncated) makes a bad image, to which
+    data.on_bad_image applies; a store that refuses everything (credentials, bucket) a StoreError.
+    """
+    if isinstance(fetched, FileNotFoundError):
+        raise BadImageError(url, "object does not exist (deleted, or a wrong prefix)")
+    if isinstance(fetched, Exception):
+        raise StoreError(explain(url, fetched))
+    verdict = image_verdict(fetched[:16], fetched[-TAIL_BYTES:], len(fetched))
+    if verdict:
+        raise BadImageError(url, verdict)
+    return fetched
+
+
 def read_file(path: str) -> bytes:
     """A file's bytes, or a BadImageError naming it."""
     try:
@@ -216,6 +250,7 @@ class ImageDecoder:
 
     spec: ImageSpec
     on_bad_image: str = "error"
+    storage: Storage = field(default_factory=Storage)  # how URLs (s3://...) are read; local paths skip it
     skipped: list[tuple[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -233,9 +268,17 @@ class ImageDecoder:
         self.__dict__.update(state, _lock=threading.Lock())
         _recycle_freed_memory()  # a spawned worker process starts with glibc's defaults
 
-    def decode(self, path: str, out: np.ndarray | None = None) -> np.ndarray | None:
-        """One image (written into `out` when given), or None when it is bad and the policy is skip."""
+    def decode(
+        self, path: str, out: np.ndarray | None = None, fetched: bytes | Exception | None = None
+    ) -> np.ndarray | None:
+        """One image (written into `out` when given), or None when it is bad and the policy is skip.
+
+        `fetched`: a URL's bytes (or error) already read with the rest of its batch.
+        """
         try:
+            if is_url(path):
+                data = self.storage.read_many([path])[0] if fetched is None else fetched
+                return decode_bytes(remote_bytes(path, data), self.spec, out, name=path)
             return decode_resize(path, self.spec, out)
         except BadImageError as e:
             if self.on_bad_image == "error":
@@ -258,10 +301,12 @@ class ImageDecoder:
         """
         images = aligned_empty((len(paths), *self.spec.shape)) if out is None else out[: len(paths)]
         keep = np.ones(len(paths), dtype=bool)
+        paths = [p.decode() if isinstance(p, bytes) else p for p in paths]
+        # A batch of URLs is fetched at once, storage.concurrency requests in flight: one GET at a
+        # time would leave the cores waiting out every request's latency.
+        fetched = self.storage.read_many(paths) if paths and is_url(paths[0]) else [None] * len(paths)
         for i, path in enumerate(paths):
-            if isinstance(path, bytes):
-                path = path.decode()
-            keep[i] = self.decode(path, out=images[i]) is not None
+            keep[i] = self.decode(path, out=images[i], fetched=fetched[i]) is not None
         if keep.all():
             return images, np.asarray(labels, dtype=np.int32)
         return images[keep], np.asarray(labels, dtype=np.int32)[keep]

@@ -77,6 +77,7 @@ class PackedLoader(Loader):
             self.root,
             decoder.on_bad_image,
             progress=self.progress,
+            storage=decoder.storage,
         )
         for path, reason in pack.skipped:  # counted with what other loaders skip as they decode
             decoder.note_skipped(path, reason)

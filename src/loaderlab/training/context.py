@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from loaderlab.data.storage import redact_overrides
 from loaderlab.utils import environment
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -30,7 +31,7 @@ def hydra_facts(output_dir: str | Path) -> tuple[str, bool, str]:
     hydra_cfg = hydra_job_config(output_dir)
     if hydra_cfg is None:
         return "", True, "job"
-    overrides = " ".join(hydra_cfg.overrides.task)
+    overrides = " ".join(redact_overrides(hydra_cfg.overrides.task))
     loader = hydra_cfg.runtime.choices.get("loader") or "job"
     if hydra_cfg.mode == RunMode.RUN:
         return overrides, True, loader

@@ -12,10 +12,11 @@ from typing import Any
 
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import tracking
 from loaderlab.data.manifest import Manifest
+from loaderlab.data.storage import REDACTED, secret_values, storage_of
 from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.run_log import RunLog
@@ -82,7 +83,8 @@ def train(cfg: DictConfig) -> float:
             run_log.tags({"loader": loader.name, "mlflow.runName": name})
             return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log)
         finally:
-            _log_folder_artifacts(run_log, Path(cfg.paths.output_dir))
+            secrets = secret_values(OmegaConf.to_container(cfg.data).get("storage_options", {}))
+            _log_folder_artifacts(run_log, Path(cfg.paths.output_dir), secrets)
 
 
 @dataclass
@@ -116,7 +118,7 @@ def _train_logged(
         distributed.check_loader(loader, worker)  # before any data work
     manifest, bad = _read_manifest(cfg)
     _log_global_batches(cfg, strategy, worker, run_log)
-    decoder = ImageDecoder(spec, cfg.data.on_bad_image)
+    decoder = ImageDecoder(spec, cfg.data.on_bad_image, storage_of(cfg.data))
     monitors = Monitors.create(cfg, run_log, images_per_epoch=len(manifest.train))
     best_before = _best_val_loss(run_log)
     cluster: dict[str, float] = {}  # multiworker: every worker's peak memory
@@ -207,7 +209,9 @@ def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: Imag
 
 def _read_manifest(cfg: DictConfig) -> tuple[Manifest, dict[str, str]]:
     """The dataset's manifest after the bad-file pass, and what that pass left out."""
-    manifest, bad = drop_bad_images(instantiate(cfg.data.manifest), cfg.data.on_bad_image)
+    manifest, bad = drop_bad_images(
+        instantiate(cfg.data.manifest), cfg.data.on_bad_image, Path(cfg.paths.outputs) / "verdicts"
+    )
     log.info(
         "Data: %d train, %d validation images, classes %s",
         len(manifest.train),
@@ -311,9 +315,24 @@ def _best_val_loss(run_log: RunLog) -> float:
     return min((m.value for m in history), default=math.inf)
 
 
-def _log_folder_artifacts(run_log: RunLog, output_dir: Path) -> None:
-    """Log the job's .hydra/ folder and its log file."""
+def _log_folder_artifacts(run_log: RunLog, output_dir: Path, secrets: list[str]) -> None:
+    """Log the job's .hydra/ folder and its log file; copies with `secrets` scrubbed when there are any."""
     if (output_dir / ".hydra").is_dir():
-        run_log.artifact(output_dir / ".hydra", ".hydra")
+        run_log.artifact(_scrubbed(output_dir / ".hydra", output_dir, secrets), ".hydra")
     for log_file in output_dir.glob("*.log"):
-        run_log.artifact(log_file)
+        run_log.artifact(_scrubbed(log_file, output_dir, secrets))
+
+
+def _scrubbed(source: Path, output_dir: Path, secrets: list[str]) -> Path:
+    """`source` itself, or with secrets: a copy under <output_dir>/redacted/ with each one as ***."""
+    if not secrets:
+        return source
+    target = output_dir / "redacted" / source.relative_to(output_dir)
+    for path in [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file()):
+        text = path.read_text(errors="replace")
+        for secret in secrets:
+            text = text.replace(secret, REDACTED)
+        copy = target / path.relative_to(source) if source.is_dir() else target
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(text)
+    return target

@@ -1,0 +1,171 @@
+"""Datasets in object storage: a real S3 API (moto's server on 127.0.0.1, over HTTP through s3fs),
+the same pixels as from a local copy, concurrent fetches, and every store fault as a message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
+pytest.importorskip("moto", reason="moto[server] is in the dev extra")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from loaderlab import PROJECT_ROOT  # noqa: E402
+from loaderlab.benchmark.object_store import DUMMY_CREDENTIALS, LatencyS3Server  # noqa: E402
+from loaderlab.data import DatasetError  # noqa: E402
+from loaderlab.data.folder import folder_manifest  # noqa: E402
+from loaderlab.data.storage import Storage, StoreError  # noqa: E402
+from loaderlab.data.table import csv_manifest  # noqa: E402
+from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec  # noqa: E402
+from test_loaders import LOADER_NAMES, collect, make_loader  # noqa: E402
+
+BUCKET = "photos"
+SPEC = ImageSpec(32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def s3(tiny_root: Path):
+    """The server, with the tiny dataset at s3://photos/tiny/ and a CSV of it at s3://photos/tables/."""
+    import boto3
+
+    saved = {k: os.environ.get(k) for k in DUMMY_CREDENTIALS}
+    os.environ.update(DUMMY_CREDENTIALS)
+    with LatencyS3Server() as server:
+        client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        rows = ["path,label"]
+        for path in sorted(tiny_root.rglob("*.jpg")):
+            key = f"tiny/{path.relative_to(tiny_root).as_posix()}"
+            client.upload_file(str(path), BUCKET, key)
+            rows.append(f"../{key},{path.parent.name}")
+        client.put_object(Bucket=BUCKET, Key="tables/train.csv", Body="\n".join(rows).encode())
+        server.client = client
+        yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def storage(server: LatencyS3Server, **options) -> Storage:
+    return Storage({"endpoint_url": server.endpoint_url, **options})
+
+
+def relative(paths, root: str) -> list[str]:
+    return [str(p)[len(root) :].lstrip("/") for p in paths]
+
+
+def test_a_bucket_lists_as_the_same_manifest_as_the_local_copy(s3, tiny_root: Path) -> None:
+    options = {"endpoint_url": s3.endpoint_url}
+    s3.reset_counts()
+    remote = folder_manifest(f"s3://{BUCKET}/tiny", storage_options=options)
+    assert s3.requests <= 3  # one paginated listing, not a request per object
+    local = folder_manifest(str(tiny_root))
+    assert remote.class_names == local.class_names
+    assert relative(remote.train.paths, f"s3://{BUCKET}/tiny") == relative(local.train.paths, str(tiny_root))
+    assert remote.train.labels.tolist() == local.train.labels.tolist()
+    table = csv_manifest(f"s3://{BUCKET}/tables/train.csv", storage_options=options)
+    assert sorted(table.train.paths + table.val.paths) == sorted(remote.train.paths + remote.val.paths)
+
+
+@pytest.mark.parametrize("name", LOADER_NAMES)
+def test_every_loader_reads_the_store_with_the_local_pixels(s3, tiny_root: Path, name: str) -> None:
+    """packed too: its shards stay local, the sources it packs are read from the store."""
+    remote = folder_manifest(f"s3://{BUCKET}/tiny", storage_options={"endpoint_url": s3.endpoint_url}).val
+    local = folder_manifest(str(tiny_root)).val
+    got = []
+    for split in (remote, local):
+        loader = make_loader(name, deterministic=True) if name == "tfdata" else make_loader(name)
+        with loader.feed(split, ImageDecoder(SPEC, storage=storage(s3)), 8, training=False) as feed:
+            got.append(collect(feed))
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+
+
+def test_a_batch_is_fetched_concurrently_up_to_the_knob(s3) -> None:
+    options = {"endpoint_url": s3.endpoint_url}
+    urls = folder_manifest(f"s3://{BUCKET}/tiny", storage_options=options).train.paths
+    s3.latency_s = 0.05
+    try:
+        for limit, expected in ((1, 1), (16, 16)):
+            s3.reset_counts()
+            fetched = Storage(options, limit).read_many(urls[:32])
+            assert all(isinstance(data, bytes) for data in fetched)
+            assert s3.max_in_flight == expected if limit == 1 else 4 <= s3.max_in_flight <= expected
+    finally:
+        s3.latency_s = 0.0
+
+
+def test_store_faults_name_the_url_and_what_to_change_never_the_credentials(s3) -> None:
+    options = {"endpoint_url": s3.endpoint_url}
+    with pytest.raises(StoreError, match=r"s3://no-such-bucket/x: the bucket 'no-such-bucket' does not"):
+        folder_manifest("s3://no-such-bucket/x", storage_options=options)
+    with pytest.raises(DatasetError, match=r"s3://photos/empty has no class folders.*data.root"):
+        folder_manifest(f"s3://{BUCKET}/empty", storage_options=options)
+
+    # A deleted object and a truncated one are bad images: the policy applies, the message names them.
+    body = s3.client.get_object(Bucket=BUCKET, Key=first_key(s3))["Body"].read()
+    s3.client.put_object(Bucket=BUCKET, Key="faults/a/gone.jpg", Body=body)
+    s3.client.put_object(Bucket=BUCKET, Key="faults/a/cut.jpg", Body=body[: len(body) // 2])
+    faults = f"s3://{BUCKET}/faults"
+    split = folder_manifest(faults, val_root=faults, storage_options=options)
+    s3.client.delete_object(Bucket=BUCKET, Key="faults/a/gone.jpg")  # deleted after the listing
+    decoder = ImageDecoder(SPEC, storage=storage(s3))
+    with pytest.raises(BadImageError, match=r"s3://photos/faults/a/cut.jpg.*truncated JPEG"):
+        decoder.decode(f"s3://{BUCKET}/faults/a/cut.jpg")
+    with pytest.raises(BadImageError, match=r"s3://photos/faults/a/gone.jpg.*object does not exist"):
+        decoder.decode(f"s3://{BUCKET}/faults/a/gone.jpg")
+    skipping = ImageDecoder(SPEC, "skip", storage=storage(s3))
+    images, labels = skipping.batch(list(split.train.paths), split.train.labels)
+    assert len(images) == len(labels) == 0 and len(skipping.skipped) == 2
+
+    wrong = {"endpoint_url": s3.endpoint_url, "key": "AKIDWRONG", "secret": "not-the-secret-123"}
+    refused_credentials = pytest.raises(StoreError, match="refused the credentials.*AWS_ACCESS_KEY_ID")
+    with s3.checking_credentials(), refused_credentials as refused:
+        folder_manifest(f"s3://{BUCKET}/tiny", storage_options=wrong)
+    assert "not-the-secret-123" not in str(refused.value) and "AKIDWRONG" not in str(refused.value)
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no botocore traceback
+
+
+def first_key(s3) -> str:
+    return s3.client.list_objects_v2(Bucket=BUCKET, Prefix="tiny/")["Contents"][0]["Key"]
+
+
+def test_a_run_from_the_bucket_logs_no_secret(s3, tmp_path: Path) -> None:
+    """The command line, so that Hydra's own record of it (.hydra/) is among the artifacts."""
+    secret = "s3cr3t-never-logged-7f1"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "src" / "train.py"),
+        f"paths.outputs={tmp_path}",
+        "data=folder",
+        f"data.root=s3://{BUCKET}/tiny",
+        f"+data.storage_options.endpoint_url={s3.endpoint_url}",
+        "+data.storage_options.key=testing",
+        f"+data.storage_options.secret={secret}",
+        "model.input_size=32",
+        "batch.train=16",
+        "trainer.epochs=1",
+        "trainer.verbose=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert secret in (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()  # Hydra's own copy
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("loaderlab").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["data.root"] == f"s3://{BUCKET}/tiny"
+    assert run.data.params["data.storage_options.secret"] == "***"
+    folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+    logged = [p for p in folder.rglob("*") if p.is_file()]
+    assert {".hydra", "train.log"} <= {p.relative_to(folder).parts[0] for p in logged}
+    everything = str(run.data.params) + str(run.data.tags) + done.stdout + done.stderr
+    everything += "".join(p.read_text(errors="replace") for p in logged)
+    assert secret not in everything
