@@ -12,12 +12,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from helpers import make_folder_dataset, write_image
+from loaderlab import validate
 from loaderlab.data.folder import folder_manifest
 from loaderlab.data.table import csv_manifest
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec, decode_resize
 from loaderlab.training import run as run_module
 from loaderlab.training.run import train
-from loaderlab.validate import drop_bad_images, inspect_file
+from loaderlab.validate import drop_bad_images, find_bad_images, inspect_file
 from test_loaders import LOADER_NAMES, collect, make_loader
 from test_train import latest_run
 
@@ -208,3 +209,25 @@ def test_a_crash_while_saving_never_corrupts_the_best_checkpoint(tmp_path: Path,
     with pytest.raises(OSError, match="disk full"):
         save_atomic(model, path)
     assert path.read_bytes() == good
+
+
+def test_kept_verdicts_reread_only_changed_files_and_still_catch_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_folder_dataset(tmp_path / "data", {"a": 6, "b": 6})
+    paths = tuple(str(p) for p in sorted(root.rglob("*.jpg")))
+    listing = sorted(root.rglob("*"))
+    inspected: list[str] = []
+    real_inspect = validate.inspect_file
+    monkeypatch.setattr(validate, "inspect_file", lambda p: inspected.append(p) or real_inspect(p))
+    cache = tmp_path / "outputs" / "verdicts"
+    assert find_bad_images(paths, cache_dir=cache) == {} and len(inspected) == len(paths)
+
+    inspected.clear()
+    assert find_bad_images(paths, cache_dir=cache) == {} and inspected == []  # nothing changed: no reads
+
+    changed = Path(paths[3])
+    changed.write_bytes(changed.read_bytes()[:-200])  # truncated after the first run: size and mtime move
+    assert find_bad_images(paths, cache_dir=cache) == {paths[3]: "truncated JPEG (no end-of-image marker)"}
+    assert inspected == [paths[3]]
+    assert sorted(root.rglob("*")) == listing and len(list(cache.iterdir())) == 1  # kept in outputs/ only
