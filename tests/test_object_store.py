@@ -3,6 +3,7 @@ the same pixels as from a local copy, concurrent fetches, and every store fault 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from loaderlab.data.storage import Storage, StoreError  # noqa: E402
 from loaderlab.data.table import csv_manifest  # noqa: E402
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec  # noqa: E402
 from test_loaders import LOADER_NAMES, collect, make_loader  # noqa: E402
+from test_scale_out import free_ports  # noqa: E402
 
 BUCKET = "photos"
 SPEC = ImageSpec(32, 32, 3)
@@ -141,21 +143,13 @@ def first_key(s3) -> str:
 def test_a_run_from_the_bucket_logs_no_secret(s3, tmp_path: Path) -> None:
     """The command line, so that Hydra's own record of it (.hydra/) is among the artifacts."""
     secret = "s3cr3t-never-logged-7f1"
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "src" / "train.py"),
-        f"paths.outputs={tmp_path}",
-        "data=folder",
-        f"data.root=s3://{BUCKET}/tiny",
+    command = bucket_command(
+        tmp_path,
         f"+data.storage_options.endpoint_url={s3.endpoint_url}",
         "+data.storage_options.key=testing",
         f"+data.storage_options.secret={secret}",
-        "model.input_size=32",
-        "batch.train=16",
-        "trainer.epochs=1",
-        "trainer.verbose=2",
         f"hydra.run.dir={tmp_path / 'run'}",
-    ]
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert secret in (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()  # Hydra's own copy
@@ -169,3 +163,56 @@ def test_a_run_from_the_bucket_logs_no_secret(s3, tmp_path: Path) -> None:
     everything = str(run.data.params) + str(run.data.tags) + done.stdout + done.stderr
     everything += "".join(p.read_text(errors="replace") for p in logged)
     assert secret not in everything
+
+
+@pytest.mark.slow
+def test_two_workers_train_from_the_bucket_each_reading_its_own_shard(s3, tmp_path: Path) -> None:
+    """strategy=multiworker with no local copy: each training object is read once an epoch, by one worker."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AWS_ENDPOINT_URL": s3.endpoint_url}
+    s3.reset_counts()
+    jobs, logs = [], []
+    for index in range(2):
+        folder = tmp_path / "run" / f"worker{index}"
+        folder.mkdir(parents=True)
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        logs.append(tmp_path / f"worker{index}.out")
+        with open(logs[-1], "w") as out:
+            command = bucket_command(tmp_path, "strategy=multiworker", "batch.train=8", "batch.val=8")
+            jobs.append(
+                subprocess.Popen(
+                    [*command, f"hydra.run.dir={folder}"],
+                    env={**env, "TF_CONFIG": json.dumps(task)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        codes = [job.wait(timeout=600) for job in jobs]
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+    assert codes == [0, 0], "".join(log.read_text()[-3000:] for log in logs)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("loaderlab").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["strategy.workers"] == "2"
+    train = folder_manifest(f"s3://{BUCKET}/tiny", storage_options={"endpoint_url": s3.endpoint_url}).train
+    reads = [s3.gets[url.removeprefix("s3:/")] for url in train.paths]
+    trained = int(run.data.params["strategy.steps_per_epoch"]) * 2 * 8
+    assert max(reads) == 1 and sum(reads) >= trained  # no object read by both workers; every step's read
+
+
+def bucket_command(outputs: Path, *overrides: str) -> list[str]:
+    """train.py on the tiny dataset in the bucket, one small epoch; endpoint and keys from the environment."""
+    return [
+        sys.executable,
+        str(PROJECT_ROOT / "src" / "train.py"),
+        f"paths.outputs={outputs}",
+        "data=folder",
+        f"data.root=s3://{BUCKET}/tiny",
+        "model.input_size=32",
+        "trainer.epochs=1",
+        "trainer.verbose=2",
+        *overrides,
+    ]

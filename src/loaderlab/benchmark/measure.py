@@ -73,8 +73,11 @@ def measure_entry(
     extra: dict[str, float] = {}  # a loader's one-time costs; the limit's one-core rate
     try:
         if name == DECODE_LIMIT:
-            run_pass, params = _decode_limit_pass(split, spec), {}
+            sources = _limit_sources(split, decoder)
+            run_pass, params = _decode_limit_pass(sources, spec), {"limit_reads": _reads(split)}
         elif name == KERAS_FROM_DIRECTORY:
+            if "://" in root:
+                raise ValueError(f"{KERAS_FROM_DIRECTORY} reads local folders only, not {root}.")
             run_pass, params = _fit_pass_runner({"x": _keras_from_directory(root, input_size, batch_size)})
         else:
             run_pass, params, costs = _loader_pass(name, overrides, conf_dir, split, decoder, batch_size)
@@ -86,7 +89,7 @@ def measure_entry(
         extra["one_core_images_per_sec"] = mean_rate(rates)
         rates = [r * cores for r in rates]
         # What plain threads reach with every core decoding at once: how far this machine scales.
-        together, _ = _timed_passes(_decode_threads_pass(split, spec, cores), passes)
+        together, _ = _timed_passes(_decode_threads_pass(sources, spec, cores), passes)
         extra["all_cores_ratio"] = mean_rate(together) / mean_rate(rates)
     return EntryResult(
         entry=entry,
@@ -200,36 +203,58 @@ def _sampling_interval(sampler: Any, floor_s: float = 0.05, max_share: float = 0
     return max(floor_s, sorted(costs)[1] / max_share)
 
 
-def _decode_limit_pass(split: Any, spec: Any) -> Callable[[], int]:
-    """One pass of decode_resize over every file, in this one thread."""
-    import cv2
+def _reads(split: Any) -> str:
+    from loaderlab.data.storage import is_url
 
-    from loaderlab.loaders.decode import decode_resize
+    return "fetched beforehand" if split.paths and is_url(split.paths[0]) else "file read in the pass"
+
+
+def _limit_sources(split: Any, decoder: Any) -> list:
+    """What the limit decodes: local paths, read as it decodes; or a store's objects, fetched beforehand
+    (the limit is the cores' decode rate, not the store's)."""
+    from loaderlab.data.storage import is_url
+    from loaderlab.loaders.decode import remote_bytes
+
+    if not split.paths or not is_url(split.paths[0]):
+        return list(split.paths)
+    fetched = []
+    for start in range(0, len(split), 256):
+        chunk = split.paths[start : start + 256]
+        fetched += map(remote_bytes, chunk, decoder.storage.read_many(chunk))
+    return fetched
+
+
+def _decode_part(sources: Sequence, spec: Any) -> None:
+    from loaderlab.loaders.decode import decode_bytes, decode_resize
+
+    for source in sources:
+        if isinstance(source, str):
+            decode_resize(source, spec)
+        else:
+            decode_bytes(source, spec)
+
+
+def _decode_limit_pass(sources: list, spec: Any) -> Callable[[], int]:
+    """One pass of the shared decode over every source, in this one thread."""
+    import cv2
 
     cv2.setNumThreads(1)  # one core means one thread: OpenCV's own pool would inflate the rate
 
     def run_pass() -> int:
-        for path in split.paths:
-            decode_resize(path, spec)
-        return len(split)
+        _decode_part(sources, spec)
+        return len(sources)
 
     return run_pass
 
 
-def _decode_threads_pass(split: Any, spec: Any, cores: int) -> Callable[[], int]:
-    """One pass of decode_resize over every file, `cores` plain threads at once (OpenCV frees the GIL)."""
+def _decode_threads_pass(sources: list, spec: Any, cores: int) -> Callable[[], int]:
+    """The same pass, `cores` plain threads at once (OpenCV frees the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from loaderlab.loaders.decode import decode_resize
-
-    def decode_part(part: Sequence[str]) -> None:
-        for path in part:
-            decode_resize(path, spec)
 
     def run_pass() -> int:
         with ThreadPoolExecutor(cores) as pool:
-            list(pool.map(decode_part, [split.paths[k::cores] for k in range(cores)]))
-        return len(split)
+            list(pool.map(_decode_part, [sources[k::cores] for k in range(cores)], [spec] * cores))
+        return len(sources)
 
     return run_pass
 

@@ -2,10 +2,14 @@
 
 moto (`pip install -e '.[dev]'`) answers S3 over HTTP as S3 or MinIO would; the wrapper adds a fixed
 latency to every request, as a remote store would, and counts the requests in flight at once.
+
+`python -m loaderlab.benchmark.object_store --latency-ms 50` measures tfdata from a local folder and
+from the same files in that server, in interleaved rounds of fresh processes.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -33,6 +37,7 @@ class LatencyS3Server:
     def __init__(self, port: int = 0, latency_s: float = 0.0):
         self.latency_s = latency_s
         self.in_flight = self.max_in_flight = self.requests = 0
+        self.gets: collections.Counter[str] = collections.Counter()  # object GETs by /bucket/key
         self._lock = threading.Lock()
         self._port = port
         self._server: Any = None
@@ -48,6 +53,7 @@ class LatencyS3Server:
         with self._lock:
             self.max_in_flight = self.in_flight
             self.requests = 0
+            self.gets.clear()
 
     @contextlib.contextmanager
     def checking_credentials(self) -> Iterator[None]:
@@ -81,6 +87,8 @@ class LatencyS3Server:
                 self.in_flight += 1
                 self.requests += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                if environ["REQUEST_METHOD"] == "GET" and not environ.get("QUERY_STRING"):
+                    self.gets[environ.get("PATH_INFO", "")] += 1
             try:
                 if self.latency_s:
                     time.sleep(self.latency_s)
@@ -110,3 +118,64 @@ class LatencyS3Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Local folder against the same files in the store, with and without the latency; prints a table."""
+    import argparse
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+    from statistics import median
+
+    import boto3
+
+    from loaderlab.benchmark.dataset import prepare_dataset
+    from loaderlab.benchmark.runner import BenchmarkConfig, run_child
+    from loaderlab.utils.system import usable_cores
+
+    parser = argparse.ArgumentParser(prog="python -m loaderlab.benchmark.object_store")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="added to every request")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--entry", default="tfdata", help="a benchmark entry, with overrides if any")
+    parser.add_argument("--num-images", type=int, default=BenchmarkConfig.num_images)
+    args = parser.parse_args(argv)
+    cfg = BenchmarkConfig(num_images=args.num_images)
+    local = Path(prepare_dataset(cfg).root)
+    cores = usable_cores()
+    saved = {k: os.environ.get(k) for k in [*DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL"]}
+    with LatencyS3Server() as server:
+        os.environ.update(DUMMY_CREDENTIALS, AWS_ENDPOINT_URL=server.endpoint_url)  # for the children
+        try:
+            client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1")
+            client.create_bucket(Bucket="bench")
+            files = sorted(local.rglob("*.jpg"))
+            with ThreadPoolExecutor(16) as pool:
+                keys = [p.relative_to(local).as_posix() for p in files]
+                list(pool.map(lambda p, key: client.upload_file(str(p), "bench", key), files, keys))
+            runs = {"local folder": (str(local), 0.0), "store, 0 ms": ("s3://bench", 0.0),
+                    f"store, {args.latency_ms:g} ms": ("s3://bench", args.latency_ms / 1000)}  # fmt: skip
+            rates: dict[str, list[float]] = {name: [] for name in runs}
+            for number in range(args.rounds):
+                for name, (root, latency) in runs.items():
+                    server.latency_s = latency
+                    server.reset_counts()
+                    rates[name].append(run_child(args.entry, cfg, root, cores).images_per_sec)
+                    print(f"round {number + 1}: {name:<14} {rates[name][-1]:7.0f} img/s, "
+                          f"{server.max_in_flight} requests in flight at most", flush=True)  # fmt: skip
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    base = rates["local folder"]
+    print(f"\n{args.entry}, {len(files)} images of {local.name}, {cores} cores, {args.rounds} rounds:")
+    for name, values in rates.items():
+        ratios = [v / b for v, b in zip(values, base, strict=True)]
+        print(f"  {name:<14} {median(values):7.0f} img/s   x{median(ratios):.2f} of local "
+              f"({min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -12,18 +12,24 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import median
 
 from loaderlab.benchmark._child import RESULT_PREFIX
-from loaderlab.benchmark.entries import CONF_DIR, DECODE_LIMIT, check_entries, default_entries
+from loaderlab.benchmark.dataset import Dataset, prepare_dataset
+from loaderlab.benchmark.entries import (
+    CONF_DIR,
+    DECODE_LIMIT,
+    KERAS_FROM_DIRECTORY,
+    check_entries,
+    default_entries,
+)
 from loaderlab.benchmark.measure import EntryResult, mean_rate
 from loaderlab.utils.paths import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, OUTPUTS
 from loaderlab.utils.system import usable_cores
 
 EXPERIMENT = "loaderlab-benchmark"
-SIZE_SAMPLE = 200  # files whose pixel size the header reports
 
 
 class EntryFailedError(RuntimeError):
@@ -52,30 +58,6 @@ class BenchmarkConfig:
 
 
 @dataclass
-class Dataset:
-    """What is measured: the folder, its image count and pixel sizes (height, width) of a sample."""
-
-    root: Path
-    num_images: int
-    sizes: list[tuple[int, int]] = field(default_factory=list)
-    synthetic: bool = True
-
-    def describe(self) -> dict[str, str | int]:
-        """Params: count, and the median and range of the sampled sizes, as HxW."""
-        if not self.sizes:
-            return {"num_images": self.num_images}
-        by_area = sorted(self.sizes, key=lambda s: s[0] * s[1])
-        mid = (int(median(h for h, _ in self.sizes)), int(median(w for _, w in self.sizes)))
-        return {
-            "num_images": self.num_images,
-            "image_size_median": f"{mid[0]}x{mid[1]}",
-            "image_size_min": f"{by_area[0][0]}x{by_area[0][1]}",
-            "image_size_max": f"{by_area[-1][0]}x{by_area[-1][1]}",
-            "image_sizes_sampled": len(self.sizes),
-        }
-
-
-@dataclass
 class BenchmarkReport:
     """One invocation's outcome."""
 
@@ -88,23 +70,14 @@ class BenchmarkReport:
     out: Path  # the results JSON
 
 
-def prepare_dataset(cfg: BenchmarkConfig) -> Dataset:
-    """The user's folder, read as it is; or the synthetic set, generated under outputs/datasets/ if absent."""
-    from loaderlab.data.folder import scan_class_folders
-
-    if cfg.root is not None:
-        root, synthetic = Path(cfg.root).expanduser().resolve(), False
-    else:
-        root, synthetic = _synthetic_dataset(cfg), True
-    paths, _, _ = scan_class_folders(root)  # a DatasetError says what is wrong with a user's folder
-    return Dataset(root, len(paths), _sample_sizes(paths), synthetic)
-
-
 def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
     """Run the invocation: measure, log one MLflow run per entry, write the results JSON."""
     from loaderlab.tracking import connect, git_commit
 
-    entries = check_entries(cfg.entries or default_entries(cfg.conf_dir), cfg.conf_dir)
+    entries = cfg.entries or default_entries(cfg.conf_dir)
+    if not cfg.entries and cfg.root and "://" in cfg.root:  # Keras reads local folders only
+        entries = [e for e in entries if e != KERAS_FROM_DIRECTORY]
+    entries = check_entries(entries, cfg.conf_dir)
     cores = cfg.cores or usable_cores()
     experiment_id = connect(cfg.tracking_uri, EXPERIMENT, cfg.artifact_location)  # a bad URI fails first
     dataset = prepare_dataset(cfg)
@@ -315,28 +288,3 @@ def _log_run(
             run_log.metrics(metrics or {})
     except EntryFailedError:
         pass  # tracked_run recorded it and ended the run FAILED
-
-
-def _synthetic_dataset(cfg: BenchmarkConfig) -> Path:
-    """The synthetic set as `data=synthetic` names and draws it, generated under outputs/datasets/."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    overrides = [f"data.num_images={cfg.num_images}", f"data.image_size={cfg.image_size}"]
-    with initialize_config_dir(config_dir=str(cfg.conf_dir), version_base="1.3"):
-        data = compose("config", overrides=["data=synthetic", *overrides]).data
-    instantiate(data.manifest, progress=cfg.progress)
-    return Path(data.root)
-
-
-def _sample_sizes(paths: list[str]) -> list[tuple[int, int]]:
-    """(height, width) of up to SIZE_SAMPLE files spread over the dataset."""
-    import cv2
-
-    step = max(1, len(paths) // SIZE_SAMPLE)
-    sizes = []
-    for path in paths[::step][:SIZE_SAMPLE]:
-        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if image is not None:
-            sizes.append(image.shape[:2])
-    return sizes

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loaderlab.utils.system import usable_cores
+
 SECRET_KEY = re.compile(r"secret|password|token|credential|key$|^key|sas|signature", re.IGNORECASE)
 REDACTED = "***"
 
@@ -88,10 +90,16 @@ class Storage:
             import fsspec
         except ImportError:
             raise StoreError(f"Reading {url} needs fsspec: pip install -e '.[s3]'.") from None
+        protocol = url.split("://", 1)[0]
+        options = dict(self.options)
+        if protocol in ("s3", "s3a"):
+            # botocore keeps 10 connections per client by default: 10 requests in flight at most.
+            config = dict(options.get("config_kwargs") or {})
+            config.setdefault("max_pool_connections", max(10, self.concurrency * usable_cores()))
+            options["config_kwargs"] = config
         try:
-            return fsspec.filesystem(url.split("://", 1)[0], **self.options)
+            return fsspec.filesystem(protocol, **options)
         except (ImportError, ValueError) as e:
-            protocol = url.split("://", 1)[0]
             raise StoreError(
                 f"Reading {url} needs fsspec's {protocol}:// support ({e}). For S3: pip install -e '.[s3]'; "
                 "for gs:// gcsfs, for az:// adlfs."

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
+from loaderlab.data.storage import is_url
 from loaderlab.loaders.base import Feed, Loader, num_batches
 from loaderlab.loaders.decode import ImageDecoder
 from loaderlab.loaders.tf_decode import tf_decode_resize
@@ -39,6 +40,15 @@ class TFDataServiceLoader(Loader):
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> tf.data.Dataset:
         """The pipeline; everything before `distribute` runs on the service's workers."""
+        url = next((p for p in split.paths[:1] if is_url(p) and not p.startswith("gs://")), None)
+        if url:
+            # TensorFlow 2.21 reads no s3:// (tensorflow-io 0.37.1, which did, fails to load on it:
+            # undefined symbol), and a Python reader cannot travel to the service's workers.
+            raise ValueError(
+                f"loader=tfdata_service cannot read {url}: its workers read files with TensorFlow ops, "
+                "which read local paths and gs:// only. Use loader=tfdata or loader=packed for data in "
+                f"a store. Received: path={url}"
+            )
         spec = decoder.spec
         ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels.astype(np.int32)))
         if training:
