@@ -18,6 +18,7 @@ pytest.importorskip("moto", reason="moto[server] is in the dev extra")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from loaderlab import PROJECT_ROOT  # noqa: E402
+from loaderlab.benchmark import DECODE_LIMIT, BenchmarkConfig, run_benchmark  # noqa: E402
 from loaderlab.benchmark.object_store import DUMMY_CREDENTIALS, LatencyS3Server  # noqa: E402
 from loaderlab.data import DatasetError  # noqa: E402
 from loaderlab.data.folder import folder_manifest  # noqa: E402
@@ -216,3 +217,27 @@ def bucket_command(outputs: Path, *overrides: str) -> list[str]:
         "trainer.verbose=2",
         *overrides,
     ]
+
+
+def test_the_benchmark_reads_a_bucket_like_a_folder(
+    s3, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)  # the entries' processes find the store so
+    s3.reset_counts()
+    cfg = BenchmarkConfig(
+        root=f"s3://{BUCKET}/tiny",
+        input_size=32,
+        batch_size=16,
+        passes=1,
+        rounds=1,
+        entries=[DECODE_LIMIT, "tfdata"],
+        tracking_uri=tracking_uri,
+        artifact_location=str(tmp_path / "artifacts"),
+        out=str(tmp_path / "results.json"),
+        progress=False,
+    )
+    report = run_benchmark(cfg)
+    assert not report.failures and [r.entry for r in report.results] == [DECODE_LIMIT, "tfdata"]
+    assert all(r.images_per_pass == 96 for r in report.results)
+    assert report.results[0].params["limit_reads"] == "fetched beforehand"
+    assert set(s3.methods) <= {"GET", "HEAD"}  # the bucket was only read

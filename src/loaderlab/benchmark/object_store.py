@@ -38,6 +38,7 @@ class LatencyS3Server:
         self.latency_s = latency_s
         self.in_flight = self.max_in_flight = self.requests = 0
         self.gets: collections.Counter[str] = collections.Counter()  # object GETs by /bucket/key
+        self.methods: collections.Counter[str] = collections.Counter()  # requests by HTTP method
         self._lock = threading.Lock()
         self._port = port
         self._server: Any = None
@@ -54,6 +55,7 @@ class LatencyS3Server:
             self.max_in_flight = self.in_flight
             self.requests = 0
             self.gets.clear()
+            self.methods.clear()
 
     @contextlib.contextmanager
     def checking_credentials(self) -> Iterator[None]:
@@ -87,6 +89,7 @@ class LatencyS3Server:
                 self.in_flight += 1
                 self.requests += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                self.methods[environ["REQUEST_METHOD"]] += 1
                 if environ["REQUEST_METHOD"] == "GET" and not environ.get("QUERY_STRING"):
                     self.gets[environ.get("PATH_INFO", "")] += 1
             try:
