@@ -156,6 +156,17 @@ def test_table_has_one_row_per_job_and_na_where_no_gpu(store, experiment: str) -
     assert len(text.splitlines()) == 2 + len(LOADERS) and "tfdata" in text.splitlines()[-1]
 
 
+def test_test_accuracy_is_a_column_where_the_sweep_has_it(store, experiment: str) -> None:
+    _, client = store
+    jobs = loader_sweep()
+    for i, job in enumerate(jobs[:2]):
+        job["metrics"]["test_accuracy"] = 0.5 + 0.1 * i
+    add_sweep(client, experiment, "2026-01-02_10-00-00", jobs)
+    table = build_table(find_sweep(client, experiment, "2026-01-02_10-00-00"))
+    assert table.headers[-1] == "test_accuracy"
+    assert table.column("test_accuracy") == ["0.5000", "0.6000", NA, NA]
+
+
 def test_varied_params_are_the_swept_ones_not_their_consequences(store, experiment: str) -> None:
     _, client = store
     add_sweep(client, experiment, "2026-01-01_11-00-00", scaling_sweep())

@@ -67,8 +67,23 @@ def deliver_record(client: MlflowClient, run_id: str, record: dict[str, Any]) ->
             client.log_artifacts(run_id, str(local), record.get("artifact_path"))
         elif local.exists():
             client.log_artifact(run_id, str(local), record.get("artifact_path"))
+    elif "register" in record:
+        _register(client, run_id, record["register"], record["artifact_path"])
     elif "status" in record:
         client.set_terminated(run_id, record["status"])
+
+
+def _register(client: MlflowClient, run_id: str, name: str, artifact_path: str) -> None:
+    """A new version of the registered model `name` from a model the run logged as an artifact."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    client.create_model_version(name, source, run_id)
 
 
 class RunLog:
@@ -116,6 +131,10 @@ class RunLog:
     def artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         """Log a file or a folder as it is when delivered (it lives in the job's folder)."""
         self._append({"artifact": str(Path(local_path).absolute()), "artifact_path": artifact_path})
+
+    def register_model(self, artifact_path: str, name: str) -> None:
+        """Register the MLflow Model logged at artifact_path as a new version of `name`."""
+        self._append({"register": name, "artifact_path": artifact_path})
 
     def error(self, error: BaseException) -> None:
         """Record an error: a short tag and the traceback as error.txt."""

@@ -135,7 +135,8 @@ def drop_bad_images(
     manifest: Manifest, on_bad_image: str, cache_dir: Path | None = None
 ) -> tuple[Manifest, dict[str, str]]:
     """Apply data.on_bad_image to what the pass finds: raise on the first, or leave them out."""
-    bad = find_bad_images(manifest.train.paths + manifest.val.paths, cache_dir=cache_dir)
+    test_paths = manifest.test.paths if manifest.test is not None else ()
+    bad = find_bad_images(manifest.train.paths + manifest.val.paths + test_paths, cache_dir=cache_dir)
     if not bad:
         return manifest, bad
     if on_bad_image == "error":
@@ -144,8 +145,10 @@ def drop_bad_images(
         if len(bad) > 1:
             error.args = (f"{error.args[0]} ({len(bad) - 1} more bad file(s) found.)",)
         raise error
-    kept = Manifest(manifest.train.drop(set(bad)), manifest.val.drop(set(bad)), manifest.class_names)
-    for name, split in (("train", kept.train), ("validation", kept.val)):
+    test = manifest.test.drop(set(bad)) if manifest.test is not None else None
+    kept = Manifest(manifest.train.drop(set(bad)), manifest.val.drop(set(bad)), manifest.class_names, test)
+    splits = [("train", kept.train), ("validation", kept.val), *([("test", test)] if test else [])]
+    for name, split in splits:
         missing = set(range(kept.num_classes)) - set(split.labels.tolist())
         if missing:
             names = [kept.class_names[i] for i in sorted(missing)]

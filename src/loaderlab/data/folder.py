@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -98,11 +99,22 @@ def folder_manifest(
     val_fraction: float = 0.2,
     split_seed: int = 0,
     storage_options: dict | None = None,
+    test_root: str | None = None,
+    test_fraction: float = 0.0,
 ) -> Manifest:
-    """Read a class-folder dataset (a path or any fsspec URL), split by seed or by a validation folder."""
+    """Read a class-folder dataset (a path or any fsspec URL), split by seed or by separate folders."""
     storage = Storage(dict(storage_options or {}))
     paths, labels, class_names = scan_class_folders(root, storage=storage)
+    test = None
+    if test_root is not None:
+        test = make_split(*scan_class_folders(test_root, class_names, storage)[:2])
+        test_fraction = 0.0
     if val_root is None:
-        return stratified_split(paths, labels, class_names, val_fraction, split_seed)
-    val_paths, val_labels, _ = scan_class_folders(val_root, class_names, storage)
-    return Manifest(make_split(paths, labels), make_split(val_paths, val_labels), class_names)
+        manifest = stratified_split(paths, labels, class_names, val_fraction, split_seed, test_fraction)
+    else:
+        if test_fraction:
+            raise DatasetError("data.test_fraction splits data.root, which data.val_root leaves whole: "
+                               "give data.test_root instead.")  # fmt: skip
+        val_paths, val_labels, _ = scan_class_folders(val_root, class_names, storage)
+        manifest = Manifest(make_split(paths, labels), make_split(val_paths, val_labels), class_names)
+    return manifest if test is None else dataclasses.replace(manifest, test=test)

@@ -37,6 +37,7 @@ class Manifest:
     train: Split
     val: Split
     class_names: tuple[str, ...]
+    test: Split | None = None  # held out, evaluated once with the best checkpoint; None: no test split
 
     @property
     def num_classes(self) -> int:
@@ -54,28 +55,41 @@ def stratified_split(
     class_names: Sequence[str],
     val_fraction: float,
     seed: int,
+    test_fraction: float = 0.0,
 ) -> Manifest:
-    """Split per class with a seeded shuffle, so every class is in both splits."""
+    """Split per class with a seeded shuffle, so every class is in every split.
+
+    Validation takes the first share of each class's shuffled images and test the next, so a test
+    split leaves the validation split as it was without one.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    if not 0.0 <= test_fraction < 1.0 - val_fraction:
+        raise DatasetError(
+            f"data.test_fraction must be at least 0 and leave images for training beside "
+            f"data.val_fraction={val_fraction}. Received: test_fraction={test_fraction}"
+        )
     labels = np.asarray(labels, dtype=np.int32)
     rng = np.random.default_rng(seed)
-    train_idx, val_idx = [], []
+    parts: tuple[list, list, list] = ([], [], [])  # train, val, test
     for label, name in enumerate(class_names):
         idx = np.flatnonzero(labels == label)
         n_val = int(round(len(idx) * val_fraction))
-        if len(idx) < 2 or n_val == 0 or n_val == len(idx):
+        n_test = int(round(len(idx) * test_fraction))
+        if len(idx) < 2 or n_val == 0 or n_val + n_test >= len(idx) or (test_fraction and not n_test):
             raise DatasetError(
-                f"Class '{name}' has {len(idx)} image(s): data.val_fraction={val_fraction} leaves it "
-                "empty in the train or validation split. Add images to the class, change "
-                "data.val_fraction, or give a separate validation set with data.val_root."
+                f"Class '{name}' has {len(idx)} image(s): data.val_fraction={val_fraction} and "
+                f"data.test_fraction={test_fraction} leave it empty in a split. Add images to the class, "
+                "change the fractions, or give separate sets with data.val_root or data.test_root."
             )
         idx = rng.permutation(idx)
-        val_idx.extend(idx[:n_val])
-        train_idx.extend(idx[n_val:])
-    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+        parts[1].extend(idx[:n_val])
+        parts[2].extend(idx[n_val : n_val + n_test])
+        parts[0].extend(idx[n_val + n_test :])
+    train_idx, val_idx, test_idx = (np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
     return Manifest(
         train=make_split([paths[i] for i in train_idx], labels[train_idx]),
         val=make_split([paths[i] for i in val_idx], labels[val_idx]),
         class_names=tuple(class_names),
+        test=make_split([paths[i] for i in test_idx], labels[test_idx]) if test_fraction else None,
     )

@@ -155,7 +155,10 @@ def synthetic_manifest(
     val_fraction: float = 0.2,
     split_seed: int = 0,
     progress: bool = True,
+    test_fraction: float = 0.0,
 ) -> Manifest:
     """Generate (if needed) and read the synthetic dataset."""
     generate(root, num_images, image_size, num_classes, seed, progress=progress)
-    return folder_manifest(root, val_fraction=val_fraction, split_seed=split_seed)
+    return folder_manifest(
+        root, val_fraction=val_fraction, split_seed=split_seed, test_fraction=test_fraction
+    )

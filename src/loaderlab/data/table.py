@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -68,11 +69,22 @@ def csv_manifest(
     split_seed: int = 0,
     class_names: list[str] | None = None,
     storage_options: dict | None = None,
+    test_csv: str | None = None,
+    test_fraction: float = 0.0,
 ) -> Manifest:
-    """Read a CSV dataset (a file or any fsspec URL), split by seed or by a separate validation table."""
+    """Read a CSV dataset (a file or any fsspec URL), split by seed or by separate tables."""
     storage = Storage(dict(storage_options or {}))
     paths, labels, names = read_table(csv, tuple(class_names) if class_names else None, storage)
+    test = None
+    if test_csv is not None:
+        test = make_split(*read_table(test_csv, names, storage)[:2])
+        test_fraction = 0.0
     if val_csv is None:
-        return stratified_split(paths, labels, names, val_fraction, split_seed)
-    val_paths, val_labels, _ = read_table(val_csv, names, storage)
-    return Manifest(make_split(paths, labels), make_split(val_paths, val_labels), names)
+        manifest = stratified_split(paths, labels, names, val_fraction, split_seed, test_fraction)
+    else:
+        if test_fraction:
+            raise DatasetError("data.test_fraction splits data.csv, which data.val_csv leaves whole: "
+                               "give data.test_csv instead.")  # fmt: skip
+        val_paths, val_labels, _ = read_table(val_csv, names, storage)
+        manifest = Manifest(make_split(paths, labels), make_split(val_paths, val_labels), names)
+    return manifest if test is None else dataclasses.replace(manifest, test=test)

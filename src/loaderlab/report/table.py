@@ -21,6 +21,7 @@ METRIC_COLUMNS = {
     "time_to_first_batch_s": 2,
     "best_val_loss": 4,
 }
+OPTIONAL_METRIC_COLUMNS = {"test_accuracy": 4}  # shown where a sweep has them (data.test_fraction, ...)
 BATCH_PARAMS = ("batch.train", "batch.val")  # shown in their own column
 # A param under one of these prefixes follows from the tag when it is constant for each tag value.
 GROUP_TAGS = {"loader.": "loader", "model.": "model", "data.": "dataset"}
@@ -103,7 +104,10 @@ def build_table(sweep: Sweep) -> Table:
             "status": jobs["status"],
             **{
                 m: column(jobs, f"metrics.{m}").map(lambda v, d=d: fmt(v, d))
-                for m, d in METRIC_COLUMNS.items()
+                for m, d in {
+                    **METRIC_COLUMNS,
+                    **{m: d for m, d in OPTIONAL_METRIC_COLUMNS.items() if f"metrics.{m}" in jobs},
+                }.items()
             },
         }
     )

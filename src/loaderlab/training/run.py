@@ -23,6 +23,7 @@ from loaderlab.run_log import RunLog
 from loaderlab.sweep import current_sweep, job_run_name
 from loaderlab.training.context import BACKUP_DIR, RUN_ID_FILE, check_fresh_folder, hydra_facts, state_folder
 from loaderlab.training.distribute import Worker, worker_of
+from loaderlab.training.evaluate import finish_model
 from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrupt
 from loaderlab.training.monitors import Monitors
 from loaderlab.utils.system import MB
@@ -134,7 +135,10 @@ def _train_logged(
         summary = monitors.stop() | cluster
         _log_skipped(cfg, bad, decoder.skipped, summary, run_log)
         run_log.metrics(summary)
-    return _log_outcome(cfg, state_dir, run_log, best_before, summary)
+    best = _log_outcome(cfg, state_dir, run_log, best_before, summary)
+    if worker.is_chief:
+        finish_model(cfg, state_dir, run_log, loader, manifest, decoder)
+    return best
 
 
 def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) -> None:

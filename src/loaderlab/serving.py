@@ -1,0 +1,73 @@
+"""The trained model as an MLflow Model that reads image files: paths in, classes and probabilities out.
+
+It decodes with the run's own spec through the shared decoder (scaled JPEG decode, RGB, bilinear
+resize), so no user re-implements preprocessing at inference. The Keras model inside stays as it
+was trained (artifact `keras_model`), for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+SPEC_FILE = "loaderlab_model.json"  # the spec and class names, beside the Keras model
+
+
+class ImageFileClassifier(mlflow.pyfunc.PythonModel):
+    """A pyfunc whose input is a DataFrame with a `path` column (local paths or URLs)."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the Keras model, the spec and the class names."""
+        import keras
+
+        from loaderlab.loaders.decode import ImageDecoder, ImageSpec
+
+        facts = json.loads(Path(context.artifacts["facts"]).read_text())
+        self.class_names = list(facts["class_names"])
+        self.decoder = ImageDecoder(ImageSpec(**facts["spec"]))
+        self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001  MLflow reads hints as a schema
+        """class_name, class_index and one prob_<class> column per class, a row per path."""
+        import numpy as np
+        import pandas as pd
+
+        paths = [str(p) for p in model_input["path"]]
+        probs = np.zeros((0, len(self.class_names)), np.float32)
+        if paths:
+            images, _ = self.decoder.batch(paths, np.zeros(len(paths), np.int32))  # a bad file raises
+            probs = np.asarray(self.model.predict_on_batch(images), np.float32)
+        index = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+        out = pd.DataFrame({"class_name": [self.class_names[i] for i in index], "class_index": index})
+        for column, name in enumerate(self.class_names):
+            out[f"prob_{name}"] = probs[:, column]
+        return out
+
+
+def save_image_model(
+    keras_file: Path, spec: Any, class_names: tuple[str, ...], example_paths: list[str], target: Path
+) -> Path:
+    """Write the MLflow Model (pyfunc, signature, input example) to `target`, a folder of the run's."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    facts = target.parent / SPEC_FILE
+    spec_fields = {k: getattr(spec, k) for k in ("height", "width", "channels", "scaled_decode")}
+    facts.write_text(json.dumps({"spec": spec_fields, "class_names": list(class_names)}))
+    example = pd.DataFrame({"path": example_paths})
+    output = pd.DataFrame(
+        {"class_name": [class_names[0]], "class_index": [0], **{f"prob_{n}": [0.0] for n in class_names}}
+    ).astype({"class_index": "int64", **{f"prob_{n}": "float32" for n in class_names}})
+    mlflow.pyfunc.save_model(
+        path=str(target),
+        python_model=ImageFileClassifier(),
+        artifacts={"keras_model": str(keras_file), "facts": str(facts)},
+        signature=infer_signature(example, output),
+        input_example=example,
+        code_paths=None,
+    )
+    return target

@@ -1,0 +1,148 @@
+"""Using what was trained: a held-out test split, the MLflow Model that reads image files, eval.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY
+from loaderlab import PROJECT_ROOT
+from loaderlab.data.manifest import make_split
+from loaderlab.data.synthetic import synthetic_manifest
+from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec
+from loaderlab.loaders.tfdata import TFDataLoader
+from loaderlab.training.run import train
+from test_train import latest_run
+
+MODEL_NAME = "tiny-shapes"
+
+
+def test_a_test_split_is_stratified_and_leaves_validation_as_it_was(tiny_root: Path) -> None:
+    plain = synthetic_manifest(str(tiny_root), **TINY, progress=False)
+    held = synthetic_manifest(str(tiny_root), **TINY, progress=False, test_fraction=0.2)
+    assert held.val.paths == plain.val.paths
+    assert plain.test is None and held.test is not None
+    assert not set(held.test.paths) & (set(held.train.paths) | set(held.val.paths))
+    assert sorted(held.train.paths + held.test.paths) == sorted(plain.train.paths)
+    assert set(held.test.labels.tolist()) == set(range(TINY["num_classes"]))  # every class held out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path):
+    """One run with a test split, its model registered: (config, run)."""
+    from conftest import compose_config
+
+    folder = tmp_path_factory.mktemp("model")
+    cfg = compose_config(
+        [
+            f"paths.outputs={folder}",
+            f"data.root={tiny_root}",
+            *(f"data.{k}={v}" for k, v in TINY.items()),
+            "data.test_fraction=0.2",
+            "model.input_size=32",
+            "trainer.epochs=2",
+            "trainer.verbose=0",
+            "batch.train=16",
+            "batch.val=16",
+            f"tracking.uri=sqlite:///{folder}/mlflow.db",
+            f"tracking.register_as={MODEL_NAME}",
+        ]
+    )
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(folder / "run")
+    train(cfg)
+    return cfg, latest_run(cfg.tracking.uri, cfg.tracking.experiment)
+
+
+def test_the_best_checkpoint_is_evaluated_once_on_the_test_split(trained, tmp_path: Path) -> None:
+    cfg, run = trained
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    client = MlflowClient(cfg.tracking.uri)
+    counts_file = client.download_artifacts(run.info.run_id, "test_confusion_matrix.json", str(tmp_path))
+    counts = json.loads(Path(counts_file).read_text())
+    matrix = np.array(counts["counts"])
+    assert counts["class_names"] == ["disk", "plus", "square", "triangle"]
+    held_out = synthetic_manifest(cfg.data.root, **TINY, progress=False, test_fraction=0.2).test
+    assert matrix.sum() == len(held_out)
+    assert matrix.sum(axis=1).tolist() == np.bincount(held_out.labels).tolist()  # true classes: the split's
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["test_accuracy"])
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"test_confusion_matrix.png", "model", "checkpoints"} <= names
+
+
+def test_the_registered_model_reads_files_and_matches_keras_in_a_fresh_process(trained, tmp_path) -> None:
+    import keras
+
+    cfg, run = trained
+    manifest = synthetic_manifest(cfg.data.root, **TINY, progress=False, test_fraction=0.2)
+    files = list(manifest.test.paths[:5])
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        f"model = mlflow.pyfunc.load_model('models:/{MODEL_NAME}/1')\n"
+        "out = model.predict(pd.DataFrame({'path': json.loads(sys.argv[2])}))\n"
+        "print(out.to_json(orient='records'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, cfg.tracking.uri, json.dumps(files)],
+        capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    served = np.array([[row[f"prob_{n}"] for n in manifest.class_names] for row in rows])
+
+    best = keras.models.load_model(Path(cfg.paths.output_dir) / "checkpoints" / "best.keras")
+    split = make_split(files, manifest.test.labels[:5])
+    images = np.concatenate([x for x, _ in TFDataLoader(deterministic=True).dataset(
+        split, ImageDecoder(ImageSpec(32, 32, 3)), 8, training=False
+    ).as_numpy_iterator()])  # fmt: skip
+    expected = best.predict(images, verbose=0)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert [row["class_index"] for row in rows] == expected.argmax(axis=1).tolist()
+    assert [row["class_name"] for row in rows] == [manifest.class_names[i] for i in expected.argmax(axis=1)]
+
+
+def test_the_model_names_a_bad_file(trained, tmp_path: Path) -> None:
+    import mlflow
+    import pandas as pd
+
+    cfg, run = trained
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    with pytest.raises(BadImageError, match=r"broken.jpg.*data.on_bad_image"):
+        model.predict(pd.DataFrame({"path": [str(bad)]}))
+
+
+@pytest.mark.slow
+def test_eval_py_logs_an_evaluation_run_linked_to_its_source(trained, tmp_path: Path) -> None:
+    cfg, run = trained
+    base = [
+        sys.executable, str(PROJECT_ROOT / "src" / "eval.py"), f"eval.run_id={run.info.run_id}",
+        f"paths.outputs={tmp_path}", f"tracking.uri={cfg.tracking.uri}", f"data.root={cfg.data.root}",
+        *(f"data.{k}={v}" for k, v in TINY.items()), "data.test_fraction=0.2",
+    ]  # fmt: skip
+    done = subprocess.run([*base, "eval.split=test"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(cfg.tracking.uri)
+    [evaluation] = client.search_runs(
+        [run.info.experiment_id], f"tags.source_run_id = '{run.info.run_id}' and tags.role = 'evaluation'"
+    )
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id  # nested under it in the UI
+    # The same images and checkpoint as the training run's own test pass: the same accuracy.
+    assert evaluation.data.metrics["eval_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+
+    refused = subprocess.run([*base, "data.channels=1"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert "was trained on 32x32 images with 3 channel(s)" in refused.stderr + refused.stdout
