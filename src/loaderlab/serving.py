@@ -8,6 +8,7 @@ was trained (artifact `keras_model`), for fine-tuning.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,13 @@ def save_image_model(
     output = pd.DataFrame(
         {"class_name": [class_names[0]], "class_index": [0], **{f"prob_{n}": [0.0] for n in class_names}}
     ).astype({"class_index": "int64", **{f"prob_{n}": "float32" for n in class_names}})
-    mlflow.pyfunc.save_model(
-        path=str(target),
-        python_model=ImageFileClassifier(),
-        artifacts={"keras_model": str(keras_file), "facts": str(facts)},
-        signature=infer_signature(example, output),
-        input_example=example,
-        code_paths=None,
-    )
+    with warnings.catch_warnings():  # schema hints about integer columns and type hints: not ours
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.save_model(
+            path=str(target),
+            python_model=str(Path(__file__).with_name("serving_model.py")),  # code, not a pickle
+            artifacts={"keras_model": str(keras_file), "facts": str(facts)},
+            signature=infer_signature(example, output),
+            input_example=example,
+        )
     return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +155,17 @@ def storage_of(data_cfg: Any) -> Storage:
 
         options = OmegaConf.to_container(options, resolve=True)
     return Storage(dict(options), int(data_cfg.get("fetch_concurrency") or Storage.concurrency))
+
+
+def release_filesystems() -> None:
+    """Drop the filesystems fsspec cached for this process's URLs, closing their connections; a job
+    calls it as it ends. fsspec's one IO thread stays: it is the process's, shared by every job."""
+    if "fsspec" not in sys.modules:
+        return
+    from fsspec.registry import _registry
+
+    for filesystem in _registry.values():
+        filesystem.clear_instance_cache()
 
 
 def _cat_or_error(fs: Any, url: str) -> bytes | Exception:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import tracking
 from loaderlab.data.manifest import Manifest
-from loaderlab.data.storage import REDACTED, secret_values, storage_of
+from loaderlab.data.storage import REDACTED, release_filesystems, secret_values, storage_of
 from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.run_log import RunLog
@@ -86,6 +86,7 @@ def train(cfg: DictConfig) -> float:
         finally:
             secrets = secret_values(OmegaConf.to_container(cfg.data).get("storage_options", {}))
             _log_folder_artifacts(run_log, Path(cfg.paths.output_dir), secrets)
+            release_filesystems()
 
 
 @dataclass
