@@ -206,7 +206,7 @@ def test_entries_parse_and_the_limit_is_always_measured() -> None:
 
 
 def test_the_synthetic_set_is_named_and_placed_as_data_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    from loaderlab.benchmark.runner import _synthetic_dataset
+    from loaderlab.benchmark.dataset import _synthetic_dataset
 
     monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: None)  # no generation here
     root = _synthetic_dataset(BenchmarkConfig(num_images=2000, image_size=256, progress=False))

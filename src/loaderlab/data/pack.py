@@ -182,7 +182,7 @@ def _write_shards(
                 shard += 1
             writer.write(_example(data, label, path))
             written += len(data)
-            if bar is not None and (done % 256 == 0 or done == len(tasks)):
+            if bar is not None and (done % 256 == 0 or done == len(order)):
                 bar.update(done)
     finally:
         if writer is not None:
