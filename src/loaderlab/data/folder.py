@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -10,8 +9,7 @@ from loaderlab.data.manifest import (
     IMAGE_EXTENSIONS,
     DatasetError,
     Manifest,
-    make_split,
-    stratified_split,
+    assemble,
 )
 from loaderlab.data.storage import Storage, is_url
 
@@ -105,16 +103,13 @@ def folder_manifest(
     """Read a class-folder dataset (a path or any fsspec URL), split by seed or by separate folders."""
     storage = Storage(dict(storage_options or {}))
     paths, labels, class_names = scan_class_folders(root, storage=storage)
-    test = None
-    if test_root is not None:
-        test = make_split(*scan_class_folders(test_root, class_names, storage)[:2])
-        test_fraction = 0.0
-    if val_root is None:
-        manifest = stratified_split(paths, labels, class_names, val_fraction, split_seed, test_fraction)
-    else:
-        if test_fraction:
-            raise DatasetError("data.test_fraction splits data.root, which data.val_root leaves whole: "
-                               "give data.test_root instead.")  # fmt: skip
-        val_paths, val_labels, _ = scan_class_folders(val_root, class_names, storage)
-        manifest = Manifest(make_split(paths, labels), make_split(val_paths, val_labels), class_names)
-    return manifest if test is None else dataclasses.replace(manifest, test=test)
+    val = scan_class_folders(val_root, class_names, storage)[:2] if val_root is not None else None
+    test = scan_class_folders(test_root, class_names, storage)[:2] if test_root is not None else None
+    return assemble(
+        (paths, labels),
+        class_names,
+        val,
+        test,
+        (val_fraction, test_fraction, split_seed),
+        ("data.root", "data.val_root", "data.test_root"),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,3 +94,30 @@ def stratified_split(
         class_names=tuple(class_names),
         test=make_split([paths[i] for i in test_idx], labels[test_idx]) if test_fraction else None,
     )
+
+
+def assemble(
+    train: tuple[Sequence[str], Sequence[int]],
+    class_names: Sequence[str],
+    val: tuple[Sequence[str], Sequence[int]] | None,
+    test: tuple[Sequence[str], Sequence[int]] | None,
+    fractions: tuple[float, float, int],
+    keys: tuple[str, str, str],
+) -> Manifest:
+    """Train, validation and test from separate sets where given, else split off by seed.
+
+    fractions: (val_fraction, test_fraction, split_seed); keys: the config keys of the three sets,
+    e.g. ("data.root", "data.val_root", "data.test_root"), for the message.
+    """
+    val_fraction, test_fraction, split_seed = fractions
+    if test is not None:
+        test_fraction = 0.0
+    if val is None:
+        manifest = stratified_split(*train, class_names, val_fraction, split_seed, test_fraction)
+    elif test_fraction:
+        raise DatasetError(
+            f"data.test_fraction splits {keys[0]}, which {keys[1]} leaves whole: give {keys[2]} instead."
+        )
+    else:
+        manifest = Manifest(make_split(*train), make_split(*val), tuple(class_names))
+    return manifest if test is None else dataclasses.replace(manifest, test=make_split(*test))

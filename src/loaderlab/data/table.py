@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 from pathlib import Path
 
-from loaderlab.data.manifest import DatasetError, Manifest, make_split, stratified_split
+from loaderlab.data.manifest import DatasetError, Manifest, assemble
 from loaderlab.data.storage import Storage, beside, is_url
 
 REQUIRED_COLUMNS = ("path", "label")
@@ -75,16 +74,13 @@ def csv_manifest(
     """Read a CSV dataset (a file or any fsspec URL), split by seed or by separate tables."""
     storage = Storage(dict(storage_options or {}))
     paths, labels, names = read_table(csv, tuple(class_names) if class_names else None, storage)
-    test = None
-    if test_csv is not None:
-        test = make_split(*read_table(test_csv, names, storage)[:2])
-        test_fraction = 0.0
-    if val_csv is None:
-        manifest = stratified_split(paths, labels, names, val_fraction, split_seed, test_fraction)
-    else:
-        if test_fraction:
-            raise DatasetError("data.test_fraction splits data.csv, which data.val_csv leaves whole: "
-                               "give data.test_csv instead.")  # fmt: skip
-        val_paths, val_labels, _ = read_table(val_csv, names, storage)
-        manifest = Manifest(make_split(paths, labels), make_split(val_paths, val_labels), names)
-    return manifest if test is None else dataclasses.replace(manifest, test=test)
+    val = read_table(val_csv, names, storage)[:2] if val_csv is not None else None
+    test = read_table(test_csv, names, storage)[:2] if test_csv is not None else None
+    return assemble(
+        (paths, labels),
+        names,
+        val,
+        test,
+        (val_fraction, test_fraction, split_seed),
+        ("data.csv", "data.val_csv", "data.test_csv"),
+    )
