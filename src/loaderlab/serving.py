@@ -15,6 +15,9 @@ from typing import Any
 import mlflow.pyfunc
 
 SPEC_FILE = "loaderlab_model.json"  # the spec and class names, beside the Keras model
+# What the pyfunc imports to load and predict (loaderlab itself must be importable where it loads).
+# Named here, so that MLflow does not infer them by loading the model in a subprocess at every run.
+SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "opencv-python-headless", "numpy", "pandas", "fsspec")
 
 
 class ImageFileClassifier(mlflow.pyfunc.PythonModel):
@@ -55,6 +58,8 @@ def save_image_model(
     import pandas as pd
     from mlflow.models import infer_signature
 
+    from loaderlab.tracking import release_artifact_threads
+
     target.parent.mkdir(parents=True, exist_ok=True)
     facts = target.parent / SPEC_FILE
     spec_fields = {k: getattr(spec, k) for k in ("height", "width", "channels", "scaled_decode")}
@@ -71,5 +76,20 @@ def save_image_model(
             artifacts={"keras_model": str(keras_file), "facts": str(facts)},
             signature=infer_signature(example, output),
             input_example=example,
+            pip_requirements=serving_requirements(),
         )
+    release_artifact_threads()  # save_model copies the artifacts through a repository's pool
     return target
+
+
+def serving_requirements() -> list[str]:
+    """The installed versions of SERVING_PACKAGES, pinned, as the model's pip requirements."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for package in SERVING_PACKAGES:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:  # fsspec comes with the s3 extra only
+            continue
+    return pinned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import gc
 import logging
 import os
 import subprocess
@@ -90,6 +91,13 @@ def store_lock(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def release_artifact_threads() -> None:
+    """Stop the download threads that MLflow's artifact repositories leave after a copy."""
+    # Each repository holds itself in a reference cycle (its async-logging handler), so its
+    # download pool's worker threads live on until the cycle collector frees it.
+    gc.collect()
 
 
 def connect(uri: str, experiment: str, artifact_location: str | None = None) -> str:

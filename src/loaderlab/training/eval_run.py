@@ -36,6 +36,7 @@ def evaluate_run(cfg: DictConfig) -> float:
         facts_file = client.download_artifacts(run_id, f"model/artifacts/{SPEC_FILE}", scratch)
         facts = json.loads(Path(facts_file).read_text())
         best = client.download_artifacts(run_id, "checkpoints/best.keras", scratch)
+        tracking.release_artifact_threads()
         spec = ImageSpec(**facts["spec"])
         _check_compatible(cfg, run_id, spec, facts["class_names"])
         manifest, _ = drop_bad_images(instantiate(cfg.data.manifest), cfg.data.on_bad_image)
