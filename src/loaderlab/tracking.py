@@ -41,7 +41,7 @@ class TrackingAuthError(TrackingUnavailableError):
 USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+def check_reachable(uri: str, timeout_s: float = 30.0) -> None:
     """Fail fast when an http(s) tracking server does not answer, or does not let these credentials in."""
     if not uri.startswith(("http://", "https://")):
         return
