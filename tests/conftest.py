@@ -37,6 +37,7 @@ def train_command(outputs: Path, data_root: Path, *overrides: str) -> list[str]:
         "trainer.verbose=2",
         "batch.train=16",
         "batch.val=16",
+        "tracking.log_model=false",  # only the model tests need it: it costs seconds a run
         *overrides,
     ]
 
@@ -89,6 +90,7 @@ def make_cfg(tmp_path: Path, tiny_root: Path, tracking_uri: str):
                 "batch.val=16",
                 f"tracking.uri={tracking_uri}",
                 f"tracking.experiment={experiment}",
+                "tracking.log_model=false",
                 *overrides,
             ]
         )

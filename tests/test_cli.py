@@ -63,11 +63,3 @@ def test_sweep_isolates_jobs_under_one_parent_and_survives_a_failure(tmp_path: P
         "generator-small_cnn batch.train=16",
     }
 
-
-def test_sweep_in_one_process_says_so(tmp_path: Path, tiny_root: Path) -> None:
-    result = run_train(tmp_path, tiny_root, "-m", "hydra/launcher=basic", "loader=generator,tfdata")
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, all_runs = runs(tmp_path)
-    children = [r for r in all_runs if r.data.tags.get("role") != "sweep"]
-    assert len(children) == 2 and {r.data.tags["process_isolated"] for r in children} == {"false"}
-    assert all(r.info.status == "FINISHED" for r in all_runs)

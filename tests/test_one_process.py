@@ -173,6 +173,7 @@ def test_many_jobs_in_one_process_leave_nothing_behind(
     assert parent.info.status == "FAILED"
     sweep_jobs = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.info.status for r in sweep_jobs} == {"FINISHED", "FAILED"}
+    assert {r.data.tags["process_isolated"] for r in sweep_jobs} == {"false"}  # the basic launcher says so
     assert last.info.status == "FINISHED"
     assert "mlflow.parentRunId" not in last.data.tags and last.data.tags["sweep_id"] == "none"
     assert last.data.tags["loader"] == "tfdata" and last.info.run_name == "tfdata-small_cnn"

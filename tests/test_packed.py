@@ -47,6 +47,8 @@ def test_a_pack_is_reused_until_a_source_split_or_size_changes(tmp_path: Path, t
     assert not first.reused and first.records == len(manifest.train) and first.seconds > 0
     again = loader.pack(manifest.train, decoder, training=True)
     assert again.reused and again.folder == first.folder and again.seconds == 0
+    from_yaml = PackedLoader(root=str(tmp_path / "packed"), shard_mb=100, progress=False)  # YAML gives an int
+    assert from_yaml.pack(manifest.train, decoder, training=True).reused
     assert loader.pack(manifest.val, decoder, training=False).folder != first.folder  # another split
     bigger = loader.pack(manifest.train, ImageDecoder(ImageSpec(24, 24)), training=True)
     assert bigger.folder != first.folder  # another stored size

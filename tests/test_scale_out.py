@@ -79,55 +79,6 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.mark.slow
-def test_training_against_a_real_mlflow_server_over_http(tmp_path: Path, tiny_root: Path) -> None:
-    [port] = free_ports(1)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        wait_for_health(uri)
-        result = subprocess.run(
-            train_command(
-                tmp_path,
-                tiny_root,
-                f"tracking.uri={uri}",
-                "tracking.artifact_location=null",
-                "trainer.epochs=1",
-            ),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        client = MlflowClient(uri)
-        [run] = client.search_runs([client.get_experiment_by_name("loaderlab").experiment_id])
-        assert run.info.status == "FINISHED" and "peak_rss_mb" in run.data.metrics
-        assert "train.log" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def wait_for_health(uri: str, timeout_s: float = 60) -> None:
     import time
     import urllib.request

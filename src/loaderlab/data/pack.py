@@ -73,9 +73,9 @@ def fingerprint(split: Split, split_name: str, spec: PackSpec, storage: Storage 
                 "split": split_name,
                 "stored": [spec.stored.height, spec.stored.width, spec.stored.channels],
                 "scaled_decode": spec.stored.scaled_decode,
-                "quality": spec.quality,
-                "subsampling": spec.subsampling,
-                "shard_mb": spec.shard_mb,
+                "quality": int(spec.quality),
+                "subsampling": str(spec.subsampling),
+                "shard_mb": float(spec.shard_mb),  # a config's 100 and the default 100.0 are one pack
             },
             sort_keys=True,
         ).encode()
