@@ -62,4 +62,3 @@ def test_sweep_isolates_jobs_under_one_parent_and_survives_a_failure(tmp_path: P
         "generator-small_cnn batch.train=0",
         "generator-small_cnn batch.train=16",
     }
-

@@ -107,9 +107,9 @@ class Job:
         return code
 
 
-def assert_every_epoch_delivered(uri: str) -> None:
+def assert_every_epoch_delivered(uri: str, experiment: str) -> None:
     client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("loaderlab").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED"
     for key in ("val_loss", "loss", "epoch_time_s"):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
@@ -119,16 +119,17 @@ def assert_every_epoch_delivered(uri: str) -> None:
     assert {"train.log", "checkpoints", ".hydra"} <= artifacts
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    server = Server(tmp_path / "server")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """One server for the module: each test leaves it running, and logs to its own experiment."""
+    server = Server(tmp_path_factory.mktemp("server"))
     server.start()
     yield server
     server.stop()
 
 
 def test_an_outage_mid_run_loses_no_metric(tmp_path: Path, tiny_root: Path, server: Server) -> None:
-    job = Job(tmp_path, tiny_root, server.uri)
+    job = Job(tmp_path, tiny_root, server.uri, "tracking.experiment=outage-mid-run")
     try:
         job.wait_for("Epoch 2/")
         down_at = time.monotonic()
@@ -142,13 +143,15 @@ def test_an_outage_mid_run_loses_no_metric(tmp_path: Path, tiny_root: Path, serv
         job.proc.kill()
     assert "is back after" in job.output
     assert not list(job.folder.glob("mlflow-journal-*"))  # all delivered: nothing kept
-    assert_every_epoch_delivered(server.uri)
+    assert_every_epoch_delivered(server.uri, "outage-mid-run")
 
 
 def test_a_run_that_ends_during_an_outage_keeps_its_metrics_for_deliver_py(
     tmp_path: Path, tiny_root: Path, server: Server
 ) -> None:
-    job = Job(tmp_path, tiny_root, server.uri, "tracking.outage_wait_s=2")
+    job = Job(
+        tmp_path, tiny_root, server.uri, "tracking.outage_wait_s=2", "tracking.experiment=outage-at-end"
+    )
     try:
         job.wait_for("Epoch 2/")
         server.stop()
@@ -162,4 +165,4 @@ def test_a_run_that_ends_during_an_outage_keeps_its_metrics_for_deliver_py(
     result = subprocess.run(deliver, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "delivered" in result.stdout and not journal.exists()
-    assert_every_epoch_delivered(server.uri)
+    assert_every_epoch_delivered(server.uri, "outage-at-end")
