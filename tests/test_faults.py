@@ -123,8 +123,9 @@ class TrainProcess:
         return run
 
 
-# inmemory starts nothing of its own, and a threaded sequence job's SIGTERM is in test_one_process.
-@pytest.mark.parametrize("loader", ["generator", "sequence-processes", "tfdata"])
+# inmemory and generator start no process of their own (tfdata, the default, stands for them), and a
+# threaded sequence job's SIGTERM is in test_one_process.
+@pytest.mark.parametrize("loader", ["sequence-processes", "tfdata"])
 def test_sigterm_mid_epoch_ends_killed_with_the_whole_tree(
     tmp_path: Path, tiny_root: Path, loader: str
 ) -> None:
