@@ -143,7 +143,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory):
         assert created.ok, created.text
         yield uri
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGKILL)  # a graceful stop waits ~30 s on idle keep-alive clients
         server.wait(timeout=60)
 
 
