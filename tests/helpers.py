@@ -1,7 +1,10 @@
-"""Small builders of image files for tests."""
+"""Small builders of image files for tests, and the ports and health checks of the servers they start."""
 
 from __future__ import annotations
 
+import socket
+import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -59,3 +62,27 @@ def make_mixed_dataset(root: Path) -> Path:
         assert cv2.imwrite(str(folder / "grey.jpg"), cv2.cvtColor(big, cv2.COLOR_BGR2GRAY))
         assert cv2.imwrite(str(folder / "big.png"), big)
     return root
+
+
+def free_ports(n: int) -> list[int]:
+    """n TCP ports nobody listens on at 127.0.0.1, all distinct."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def wait_for_health(uri: str, timeout_s: float = 60) -> None:
+    """Return once `uri`/health answers; re-raise the last error after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers import free_ports
 from loaderlab.report import Report, make_report, ui_url
 from test_report import LOADERS, add_sweep, finished
 
@@ -73,13 +73,6 @@ class Cells(HTMLParser):
             cell[3].append(data)
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on at 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dump_dom(url: str, profile: Path, until: str, timeout_s: float = 120) -> Cells:
     """Chromium's DOM of the page after its scripts ran; retried with more time until `until` shows."""
     dom = ""
@@ -115,7 +108,7 @@ def mlflow_server(sweep_store, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """`mlflow server` on a free port of 127.0.0.1, stopped (with its workers) after the module's tests."""
     uri, _ = sweep_store
     workdir = tmp_path_factory.mktemp("ui-server")
-    port = free_port()
+    [port] = free_ports(1)
     log = (workdir / "server.log").open("w")
     quiet = {
         "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, train_command
+from helpers import free_ports
 from loaderlab.data.manifest import make_split
 from loaderlab.data.synthetic import synthetic_manifest
 from loaderlab.loaders import ImageDecoder, ImageSpec
@@ -28,7 +29,6 @@ from loaderlab.loaders.tfdata import TFDataLoader
 from loaderlab.training.distribute import Worker
 from loaderlab.training.distributed import MultiworkerLoaderError, Plan, check_loader, shard
 from loaderlab.validate import ConfigError
-from test_scale_out import free_ports
 
 BATCH = 8
 STALL_TIMEOUT_S = 60

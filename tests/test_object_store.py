@@ -17,6 +17,7 @@ pytest.importorskip("moto", reason="moto[server] is in the dev extra")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from helpers import free_ports  # noqa: E402
 from loaderlab import PROJECT_ROOT  # noqa: E402
 from loaderlab.benchmark import DECODE_LIMIT, BenchmarkConfig, run_benchmark  # noqa: E402
 from loaderlab.benchmark.object_store import DUMMY_CREDENTIALS, LatencyS3Server  # noqa: E402
@@ -26,7 +27,6 @@ from loaderlab.data.storage import Storage, StoreError  # noqa: E402
 from loaderlab.data.table import csv_manifest  # noqa: E402
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec  # noqa: E402
 from test_loaders import LOADER_NAMES, collect, make_loader  # noqa: E402
-from test_scale_out import free_ports  # noqa: E402
 
 BUCKET = "photos"
 SPEC = ImageSpec(32, 32, 3)

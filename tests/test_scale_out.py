@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import train_command
-from helpers import make_mixed_dataset
+from helpers import free_ports, make_mixed_dataset, wait_for_health
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.folder import folder_manifest
 from loaderlab.loaders import ImageDecoder, ImageSpec
@@ -67,31 +66,6 @@ def test_tfdata_service_trains(make_cfg, tracking_uri: str, data_service: str) -
     assert math.isfinite(best)
     run = latest_run(tracking_uri, "tests")
     assert run.data.tags["loader"] == "tfdata_service" and run.data.metrics["images_per_sec"] > 0
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def wait_for_health(uri: str, timeout_s: float = 60) -> None:
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-7f3a"

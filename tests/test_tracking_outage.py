@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import train_command
+from helpers import free_ports, wait_for_health
 from loaderlab import PROJECT_ROOT
-from test_scale_out import free_ports, wait_for_health
 
 pytestmark = pytest.mark.slow
 EPOCHS = 6
