@@ -15,9 +15,24 @@ from typing import Any
 import mlflow.pyfunc
 
 SPEC_FILE = "loaderlab_model.json"  # the spec and class names, beside the Keras model
-# What the pyfunc imports to load and predict (loaderlab itself must be importable where it loads).
-# Named here, so that MLflow does not infer them by loading the model in a subprocess at every run.
-SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "opencv-python-headless", "numpy", "pandas", "fsspec")
+PACKAGE_DIR = Path(__file__).resolve().parent  # shipped in the model (code_paths): no install needed
+# What the pyfunc and the loaderlab code it ships import, each as its alternatives (the first one
+# installed is pinned). Named here, so that MLflow does not infer them by loading the model in a
+# subprocess at every run. The fsspec backends are pinned where installed: URL paths need them.
+SERVING_PACKAGES = (
+    ("mlflow", "mlflow-skinny"),
+    ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly"),
+    ("keras",),
+    ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+    ("numpy",),
+    ("pandas",),
+    ("omegaconf",),
+    ("psutil",),
+    ("fsspec",),
+    ("s3fs",),
+    ("gcsfs",),
+    ("adlfs",),
+)
 
 
 class ImageFileClassifier(mlflow.pyfunc.PythonModel):
@@ -28,7 +43,9 @@ class ImageFileClassifier(mlflow.pyfunc.PythonModel):
         import keras
 
         from loaderlab.loaders.decode import ImageDecoder, ImageSpec
+        from loaderlab.models import register_all
 
+        register_all()  # the models' custom layers (VGGPreprocess): Keras does not import them itself
         facts = json.loads(Path(context.artifacts["facts"]).read_text())
         self.class_names = list(facts["class_names"])
         self.decoder = ImageDecoder(ImageSpec(**facts["spec"]))
@@ -38,11 +55,19 @@ class ImageFileClassifier(mlflow.pyfunc.PythonModel):
         """class_name, class_index and one prob_<class> column per class, a row per path."""
         import numpy as np
         import pandas as pd
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from loaderlab.loaders.decode import BadImageError
 
         paths = [str(p) for p in model_input["path"]]
         probs = np.zeros((0, len(self.class_names)), np.float32)
         if paths:
-            images, _ = self.decoder.batch(paths, np.zeros(len(paths), np.int32))  # a bad file raises
+            try:
+                images, _ = self.decoder.batch(paths, np.zeros(len(paths), np.int32))
+            except BadImageError as e:  # the scoring server answers 400 with this message, and stays up
+                message = f"Bad image '{e.path}': {e.reason}."
+                raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE) from e
             probs = np.asarray(self.model.predict_on_batch(images), np.float32)
         index = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
         out = pd.DataFrame({"class_name": [self.class_names[i] for i in index], "class_index": index})
@@ -51,19 +76,23 @@ class ImageFileClassifier(mlflow.pyfunc.PythonModel):
         return out
 
 
-def save_image_model(
-    keras_file: Path, spec: Any, class_names: tuple[str, ...], example_paths: list[str], target: Path
-) -> Path:
-    """Write the MLflow Model (pyfunc, signature, input example) to `target`, a folder of the run's."""
+def write_facts(spec: Any, class_names: tuple[str, ...], target: Path) -> Path:
+    """The decode spec and class names the model was trained with, as JSON at target."""
+    spec_fields = {k: getattr(spec, k) for k in ("height", "width", "channels", "scaled_decode")}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"spec": spec_fields, "class_names": list(class_names)}))
+    return target
+
+
+def save_image_model(keras_file: Path, facts: Path, example_paths: list[str], target: Path) -> Path:
+    """Write the MLflow Model (pyfunc, signature, input example, loaderlab's code) to `target`."""
     import pandas as pd
     from mlflow.models import infer_signature
 
     from loaderlab.tracking import release_artifact_threads
 
+    class_names = json.loads(facts.read_text())["class_names"]
     target.parent.mkdir(parents=True, exist_ok=True)
-    facts = target.parent / SPEC_FILE
-    spec_fields = {k: getattr(spec, k) for k in ("height", "width", "channels", "scaled_decode")}
-    facts.write_text(json.dumps({"spec": spec_fields, "class_names": list(class_names)}))
     example = pd.DataFrame({"path": example_paths})
     output = pd.DataFrame(
         {"class_name": [class_names[0]], "class_index": [0], **{f"prob_{n}": [0.0] for n in class_names}}
@@ -77,19 +106,22 @@ def save_image_model(
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=serving_requirements(),
+            code_paths=[str(PACKAGE_DIR)],
         )
     release_artifact_threads()  # save_model copies the artifacts through a repository's pool
     return target
 
 
 def serving_requirements() -> list[str]:
-    """The installed versions of SERVING_PACKAGES, pinned, as the model's pip requirements."""
+    """The installed version of each of SERVING_PACKAGES, pinned, as the model's pip requirements."""
     from importlib.metadata import PackageNotFoundError, version
 
     pinned = []
-    for package in SERVING_PACKAGES:
-        try:
-            pinned.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:  # fsspec comes with the s3 extra only
-            continue
+    for alternatives in SERVING_PACKAGES:
+        for package in alternatives:
+            try:
+                pinned.append(f"{package}=={version(package)}")
+                break
+            except PackageNotFoundError:  # e.g. fsspec's backends come with their extras only
+                continue
     return pinned

@@ -119,8 +119,10 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None) -> 
             return found.experiment_id
 
 
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as dotted keys, e.g. {'loader.workers': '2'}; storage secrets redacted."""
+def flatten(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
+    """The resolved config as dotted keys, e.g. {'loader.workers': '2'}; storage secrets redacted.
+
+    `prefix` names where cfg sits in the whole config ('data' for cfg.data)."""
     out: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -132,7 +134,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
         else:
             out[prefix] = str(node)
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=True), prefix)
     return out
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,18 +93,19 @@ def find_bad_images(
 def _cached_verdicts(paths: list[str], pool: ThreadPoolExecutor, cache_dir: Path) -> list[str | None]:
     """inspect_file's verdicts, read from the cache for files whose size and mtime are unchanged."""
     folder = os.path.commonpath([min(paths), max(paths)])  # that of all paths, at 1/50th of the cost
-    cache = cache_dir / f"{hashlib.sha256(folder.encode()).hexdigest()[:16]}.pkl"
+    # JSON, a data format: loading a cache from a shared outputs/ must never run code (a pickle can).
+    cache = cache_dir / f"{hashlib.sha256(folder.encode()).hexdigest()[:16]}.json"
     stats = _stat_all(paths)  # one thread: stat is quick and threads would fight over the GIL
     try:
-        with open(cache, "rb") as f:
-            known: dict[str, tuple[int, int, str | None]] = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError):
+        with open(cache, encoding="utf-8") as f:
+            known: dict[str, list] = json.load(f)  # path: [size, mtime_ns, reason or null]
+    except (OSError, ValueError):
         known = {}
     reasons: list[str | None] = [None] * len(paths)
     todo = []
     for i, (path, stat) in enumerate(zip(paths, stats, strict=True)):
         hit = known.get(path)
-        if stat is not None and hit is not None and hit[:2] == stat:
+        if stat is not None and isinstance(hit, list) and len(hit) == 3 and tuple(hit[:2]) == stat:
             reasons[i] = hit[2]
         else:
             todo.append(i)
@@ -114,8 +115,8 @@ def _cached_verdicts(paths: list[str], pool: ThreadPoolExecutor, cache_dir: Path
         fresh = {p: (*s, r) for p, s, r in zip(paths, stats, reasons, strict=True) if s is not None}
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(f".{os.getpid()}.tmp")
-        with open(partial, "wb") as f:
-            pickle.dump(fresh, f, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(fresh, f, separators=(",", ":"))
         os.replace(partial, cache)
     return reasons
 

@@ -18,6 +18,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
 
+from loaderlab.data.storage import redact_overrides
 from loaderlab.utils.environment import ISOLATED_ENV
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def launch(launcher: IsolatedLauncher, job_overrides: Sequence[Sequence[str]], i
     log.info(f"Launching {len(job_overrides)} jobs, each in a fresh process")
     returns = []
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        log.info(f"\t#{idx} : {' '.join(redact_overrides(filter_overrides(overrides)))}")
         sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx

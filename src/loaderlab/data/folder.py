@@ -63,7 +63,7 @@ def _scan_store(
     root = root.rstrip("/")
     by_class: dict[str, list[str]] = {}
     for url in storage.list_files(root):
-        name, _, rest = url[len(root) + 1 :].partition("/")
+        name, _, rest = below(root, url).partition("/")
         leaf = rest.rsplit("/", 1)[-1]
         if rest and not name.startswith(".") and not leaf.startswith("."):
             files = by_class.setdefault(name, [])
@@ -89,6 +89,17 @@ def _scan_store(
     paths = [url for name in found for url in by_class[name]]
     labels = [label for label, name in enumerate(found) for _ in by_class[name]]
     return paths, labels, found
+
+
+def below(root: str, url: str) -> str:
+    """url's path under root, e.g. 'cat/1.jpg'. A store lists URLs in its own scheme, which may not be
+    the user's alias of it (az:// lists as abfs://, s3a:// as s3://, gcs:// as gs://), so paths are
+    compared without their schemes."""
+    prefix = root.split("://", 1)[-1].strip("/") + "/"
+    path = url.split("://", 1)[-1].lstrip("/")
+    if not path.startswith(prefix):
+        raise DatasetError(f"The store listed {url} for {root}, which is not under it.")
+    return path[len(prefix) :]
 
 
 def folder_manifest(

@@ -64,8 +64,11 @@ class Pack:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) under on_bad_image=skip
 
 
-def fingerprint(split: Split, split_name: str, spec: PackSpec, storage: Storage | None = None) -> str:
-    """A digest of the sources (path, size, mtime or ETag, label), the split and how the pack stores them."""
+def fingerprint(
+    split: Split, split_name: str, spec: PackSpec, storage: Storage | None = None, on_bad_image: str = "error"
+) -> str:
+    """A digest of the sources (path, size, mtime or ETag, label), the split, how the pack stores them
+    and the bad-image policy (a pack that skipped a file must not serve a run that wants the error)."""
     digest = hashlib.sha256(
         json.dumps(
             {
@@ -76,6 +79,7 @@ def fingerprint(split: Split, split_name: str, spec: PackSpec, storage: Storage 
                 "quality": int(spec.quality),
                 "subsampling": str(spec.subsampling),
                 "shard_mb": float(spec.shard_mb),  # a config's 100 and the default 100.0 are one pack
+                "on_bad_image": str(on_bad_image),
             },
             sort_keys=True,
         ).encode()
@@ -108,7 +112,7 @@ def pack_split(
     Sources at URLs are fetched here, `storage.concurrency` at a time, and encoded by the workers.
     """
     storage = storage or Storage()
-    folder = Path(root) / fingerprint(split, split_name, spec, storage)
+    folder = Path(root) / fingerprint(split, split_name, spec, storage, on_bad_image)
     if (folder / META).exists():
         return _read_meta(folder, reused=True)
     start = time.perf_counter()

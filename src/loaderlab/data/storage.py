@@ -17,7 +17,18 @@ from typing import Any
 
 from loaderlab.utils.system import usable_cores
 
-SECRET_KEY = re.compile(r"secret|password|token|credential|key$|^key|sas|signature", re.IGNORECASE)
+# storage_options values shown in params, tags, run names and logs: only these keys', whatever
+# nests them (client_kwargs, config_kwargs). Every other value is a possible secret, shown as ***.
+SAFE_OPTIONS = frozenset(
+    {
+        "endpoint_url",  # its user:password@, if any, is hidden
+        "region_name", "anon", "use_ssl", "verify", "requester_pays", "version_aware", "cache_regions",
+        "default_block_size", "default_fill_cache", "default_cache_type", "skip_instance_cache",
+        "use_listings_cache", "listings_expiry_time", "max_pool_connections", "connect_timeout",
+        "read_timeout", "retries", "max_attempts", "mode", "signature_version", "addressing_style",
+        "max_concurrency", "fetch_concurrency", "project", "consistency",
+    }
+)  # fmt: skip
 REDACTED = "***"
 
 
@@ -34,38 +45,68 @@ def beside(url: str, relative: str) -> str:
     return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), relative))}"
 
 
-def redact(options: Any) -> Any:
-    """storage_options with every secret-looking value replaced, for params, tags and logs."""
+def redact(options: Any, key: str = "") -> Any:
+    """storage_options as shown in params, tags and logs: values under SAFE_OPTIONS keys as they are
+    (an endpoint's user info hidden), every other value ***. `key` is the key `options` sits under."""
     if isinstance(options, dict):
-        return {k: REDACTED if SECRET_KEY.search(str(k)) else redact(v) for k, v in options.items()}
-    if isinstance(options, list):
-        return [redact(v) for v in options]
+        return {k: redact(v, str(k)) for k, v in options.items()}
+    if isinstance(options, list | tuple):
+        return [redact(v, key) for v in options]
+    if key not in SAFE_OPTIONS:
+        return REDACTED
+    if key == "endpoint_url" and isinstance(options, str):
+        return _USER_INFO.sub(rf"\1{REDACTED}@", options)
     return options
 
 
-def redact_overrides(overrides: Sequence[str]) -> list[str]:
-    """Hydra command-line overrides with each storage secret's value replaced (tags, run names)."""
-    out = []
-    for override in overrides:
-        key, sep, _ = override.partition("=")
-        secret = "storage_options" in key and SECRET_KEY.search(key.rsplit(".", 1)[-1])
-        out.append(f"{key}{sep}{REDACTED}" if sep and secret else override)
-    return out
-
-
-def secret_values(options: Any) -> list[str]:
-    """The values redact() would hide, to scrub from files logged as artifacts (.hydra/, logs)."""
-    found: list[str] = []
+def secret_values(options: Any, key: str = "") -> list[str]:
+    """The strings redact() hides, to scrub from files logged as artifacts (.hydra/, logs)."""
     if isinstance(options, dict):
-        for key, value in options.items():
-            if SECRET_KEY.search(str(key)) and not isinstance(value, dict | list):
-                found += [str(value)] if str(value) else []
-            else:
-                found += secret_values(value)
-    elif isinstance(options, list):
-        for value in options:
-            found += secret_values(value)
-    return found
+        return [v for k, value in options.items() for v in secret_values(value, str(k))]
+    if isinstance(options, list | tuple):
+        return [v for value in options for v in secret_values(value, key)]
+    if not isinstance(options, str) or not options:
+        return []
+    if key not in SAFE_OPTIONS:
+        return [options]
+    found = _USER_INFO.search(options) if key == "endpoint_url" else None
+    return [found.group(2)] if found else []
+
+
+def redact_overrides(overrides: Sequence[str]) -> list[str]:
+    """Hydra command-line overrides with storage_options shown as redact() shows them, whatever their
+    form: one key (data.storage_options.key=...), a nested key, or a whole dict (+data.storage_options={})."""
+    return [_redact_override(o) for o in overrides]
+
+
+_USER_INFO = re.compile(r"^([a-zA-Z][\w+.-]*://)([^/@]+)@")  # scheme://user:password@
+
+
+def _redact_override(override: str) -> str:
+    key, sep, value = override.partition("=")
+    path = key.lstrip("~+").split(".")
+    if not sep or "storage_options" not in path:
+        return override
+    below = path[path.index("storage_options") + 1 :]
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_override(override)
+        if parsed.is_sweep_override():
+            raise ValueError("a sweep")  # each job's own value is redacted in its run
+        shown = redact(parsed.value(), below[-1] if below else "")
+    except Exception:  # noqa: BLE001  a value we cannot read is hidden whole
+        return f"{key}={REDACTED}"
+    return f"{key}={_hydra_value(shown)}"
+
+
+def _hydra_value(value: Any) -> str:
+    """A value written back in Hydra's override syntax, e.g. {key: ***, region_name: eu-west-1}."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_hydra_value(v) for v in value) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class StoreError(OSError):
@@ -124,10 +165,12 @@ class Storage:
             found = fs.find(f"{scheme}://{prefix}", withdirs=False, detail=True)
         except Exception as e:  # noqa: BLE001
             raise StoreError(explain(f"{scheme}://{prefix}", e)) from None
-        return {
-            fs.unstrip_protocol(key): f"{info.get('size')}:{info.get('ETag') or info.get('etag') or ''}"
+        # Keyed by the URLs as given: the listing names them in the store's own scheme (s3a:// as s3://).
+        facts = {
+            key.split("://", 1)[-1]: f"{info.get('size')}:{info.get('ETag') or info.get('etag') or ''}"
             for key, info in found.items()
         }
+        return {url: facts[url.split("://", 1)[1]] for url in urls if url.split("://", 1)[1] in facts}
 
     def read_text(self, url: str) -> str:
         """A small object (a CSV table) as text."""
@@ -188,30 +231,69 @@ async def _gather(fs: Any, urls: list[str], limit: int) -> list[bytes | Exceptio
     return await asyncio.gather(*(one(url) for url in urls))
 
 
+# Error codes (S3's, and their HTTP statuses) that mean the store refused who we are.
+REFUSED_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+     "AuthorizationHeaderMalformed", "AllAccessDisabled", "AccountProblem", "401", "403"}
+)  # fmt: skip
+MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"})
+CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"})
+
+
 def explain(url: str, error: BaseException) -> str:
-    """What a store's error means for the URL, and what to change; never the credentials."""
-    text = f"{type(error).__name__}: {error}"
+    """What a store's error means for the URL, and what to change; never the credentials.
+
+    Judged by the exception's type and the store's error code or HTTP status, never by its text,
+    which may quote an object name such as '...20240403.jpg'."""
+    chain = _chain(error)
+    code, status = _code_and_status(chain)
+    names = {type(e).__name__ for e in chain}
     bucket = url.split("://", 1)[-1].split("/", 1)[0]
-    if re.search(r"NoSuchBucket|bucket does not exist|specified bucket", text, re.IGNORECASE):
+    if code == "NoSuchBucket":
         return f"{url}: the bucket '{bucket}' does not exist. Check the bucket name in the URL."
-    if re.search(
-        r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|NoCredentials|"
-        r"Unable to locate credentials|PermissionError|ExpiredToken|403",
-        text,
-        re.IGNORECASE,
+    if (
+        code in REFUSED_CODES
+        or status in (401, 403)
+        or names & CREDENTIAL_ERRORS
+        or any(isinstance(e, PermissionError) for e in chain)
     ):
         return (
             f"{url}: the store refused the credentials. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
             "(or the store's own credentials) for an identity that may read it."
         )
-    if isinstance(error, FileNotFoundError) or "NoSuchKey" in text or "Not Found" in text:
+    if code in MISSING_CODES or status == 404 or any(isinstance(e, FileNotFoundError) for e in chain):
         return f"{url}: no such object (deleted, or a wrong prefix)."
-    if re.search(r"Could not connect|Cannot connect|ConnectionError|EndpointConnectionError", text):
+    if names & CONNECT_ERRORS or any(isinstance(e, ConnectionError) for e in chain):
         return (
             f"{url}: the store does not answer ({type(error).__name__}). Check AWS_ENDPOINT_URL or "
             "data.storage_options.endpoint_url."
         )
     return f"{url}: the store failed the request ({type(error).__name__}: {_first_line(error)})."
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and the errors it was raised from (s3fs keeps botocore's ClientError as the cause)."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _code_and_status(chain: list[BaseException]) -> tuple[str | None, int | None]:
+    """The store's error code and HTTP status: botocore's response, or a client's status_code/code."""
+    for e in chain:
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return response["Error"].get("Code"), status
+        status = getattr(e, "status_code", None) or getattr(e, "status", None)
+        if isinstance(status, int):
+            return None, status
+        if isinstance(getattr(e, "code", None), int) and not isinstance(e, OSError):  # gcsfs' HttpError
+            return None, e.code
+    return None, None
 
 
 def _first_line(error: BaseException) -> str:

@@ -10,6 +10,7 @@ manifest per worker, and TensorFlow's multi-worker checkpointing for trainer.res
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -95,6 +96,19 @@ class Plan:
             )
         return cls(workers, global_batch, steps, steps * global_batch, num_train - steps * global_batch)
 
+    def agreed(self, images_per_worker: Iterable[float]) -> Plan:
+        """The plan for the shards as read: a pack under on_bad_image=skip may hold fewer records than
+        the manifest gave its worker, and every worker must run the same number of steps."""
+        num_train = self.train_images + self.dropped_images
+        steps = int(min(images_per_worker)) // (self.global_batch // self.workers)
+        if steps == 0:
+            raise ConfigError(
+                f"The smallest worker's shard holds {int(min(images_per_worker))} readable images: no "
+                f"global batch of {self.global_batch}. Lower batch.train or add images."
+            )
+        train_images = steps * self.global_batch
+        return Plan(self.workers, self.global_batch, steps, train_images, num_train - train_images)
+
     def params(self) -> dict[str, Any]:
         """What the run logs about it."""
         return {
@@ -109,20 +123,51 @@ def training_data(
     loader: DatasetLoader,
     split: Split,
     decoder: ImageDecoder,
-    plan: Plan,
+    global_batch: int,
     seed: int,
 ) -> tf.distribute.DistributedDataset:
-    """One pipeline per worker over its own shard of the files, `plan.steps` full batches an epoch."""
+    """One pipeline per worker over its own shard of the files, in full batches (the loop takes
+    `plan.steps` of them an epoch)."""
 
     def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        batch = context.get_per_replica_batch_size(plan.global_batch)
+        batch = context.get_per_replica_batch_size(global_batch)
         part = shard(split, context.input_pipeline_id, context.num_input_pipelines)
         ds = loader.dataset(part, decoder, batch, True, seed + context.input_pipeline_id)
-        # Full batches only, across the loader's batch boundaries; a step takes one per local replica.
-        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-        return ds.rebatch(batch, drop_remainder=True).take(plan.steps * local_replicas)
+        return ds.rebatch(batch, drop_remainder=True)  # full batches, across the loader's boundaries
 
     return strategy.distribute_datasets_from_function(make)  # the function shards: no auto-sharding
+
+
+@dataclass(frozen=True)
+class Data:
+    """This worker's pipelines, and the plan every worker agreed on once they were built."""
+
+    train: tf.distribute.DistributedDataset
+    val: tf.data.Dataset
+    plan: Plan
+
+
+def build_data(
+    strategy: tf.distribute.Strategy,
+    worker: Worker,
+    loader: DatasetLoader,
+    train: Split,
+    val: Split,
+    decoder: ImageDecoder,
+    plan: Plan,
+    val_batch: int,  # this worker's
+    seed: int,
+) -> Data:
+    """Build the pipelines (a packed loader writes its packs here), then agree on the steps.
+
+    The agreement is a collective, so it also waits for every worker to finish its packs: a job
+    calls this before its stall watchdog is armed, as a long first pack is not a stall.
+    """
+    skipped_before = len(decoder.skipped)
+    train_data = training_data(strategy, loader, train, decoder, plan.global_batch, seed)
+    readable = len(shard(train, worker.index, worker.count)) - (len(decoder.skipped) - skipped_before)
+    val_data = loader.dataset(shard(val, worker.index, worker.count), decoder, val_batch, False, seed)
+    return Data(train_data, val_data, plan.agreed(gather(strategy, [float(readable)])[:, 0]))
 
 
 def _sums(labels: tf.Tensor, probs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -183,13 +228,7 @@ def fit(
     strategy: tf.distribute.Strategy,
     worker: Worker,
     model: keras.Model,
-    loader: DatasetLoader,
-    train: Split,
-    val: Split,
-    decoder: ImageDecoder,
-    plan: Plan,
-    val_batch: int,  # this worker's
-    seed: int,
+    data: Data,
     epochs: int,
     callbacks: list[keras.callbacks.Callback],
     state_folder: Path,
@@ -198,8 +237,7 @@ def fit(
     """Train like model.fit: the same callbacks, per-epoch val_loss over the whole validation split."""
     state = EpochState(strategy, model, worker, state_folder)
     initial_epoch = state.restore()
-    train_data = training_data(strategy, loader, train, decoder, plan, seed)
-    val_data = loader.dataset(shard(val, worker.index, worker.count), decoder, val_batch, False, seed)
+    plan = data.plan
     steps = Steps(strategy, model)
     # Averaging exponential moving averages that started equal gives the average of the updates:
     # the statistics Keras 2's MEAN aggregation kept, and the same weights on every worker.
@@ -222,10 +260,13 @@ def fit(
             # last epoch would otherwise count in the others' first step.
             gather(strategy, [0.0])
             hooks.on_epoch_begin(epoch)
-            logs = _logs(_run(steps.train, train_data, hooks.on_train_batch_begin, hooks.on_train_batch_end))
+            train_steps = _run(
+                steps.train, data.train, hooks.on_train_batch_begin, hooks.on_train_batch_end, plan.steps
+            )
+            logs = _logs(train_steps)
             average_statistics()  # before validation and the checkpoint
             hooks.on_test_begin()
-            local = _run(steps.evaluate, val_data, hooks.on_test_batch_begin, hooks.on_test_batch_end)
+            local = _run(steps.evaluate, data.val, hooks.on_test_batch_begin, hooks.on_test_batch_end)
             val_logs = _logs(gather(strategy, list(local)).sum(axis=0))  # every worker's part: the split
             hooks.on_test_end(val_logs)
             logs |= {f"val_{k}": v for k, v in val_logs.items()}
@@ -253,11 +294,12 @@ def _run(
     data: Iterable[Any],
     on_begin: Callable[..., None],
     on_end: Callable[..., None],
+    limit: int | None = None,
 ) -> np.ndarray:
-    """One pass over the data; the (loss sum, correct, count) totals. Each step's callbacks get the
-    running mean loss and accuracy."""
+    """One pass over the data (its first `limit` steps); the (loss sum, correct, count) totals. Each
+    step's callbacks get the running mean loss and accuracy."""
     totals = np.zeros(3)
-    for i, batch in enumerate(data):
+    for i, batch in enumerate(itertools.islice(data, limit)):
         on_begin(i)
         totals += step(batch)
         on_end(i, _logs(totals))

@@ -18,11 +18,20 @@ from loaderlab.data.storage import storage_of
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.serving import SPEC_FILE
 from loaderlab.training.context import RUN_ID_FILE
-from loaderlab.training.evaluate import evaluate, log_evaluation
+from loaderlab.training.evaluate import evaluate, log_evaluation, log_skipped
 from loaderlab.validate import ConfigError, drop_bad_images
 
 log = logging.getLogger(__name__)
 SPLITS = ("all", "train", "val", "test")
+# The data keys that decide which file lands in which split: eval.py refuses any that differ from
+# the source run's, so that it never scores images the model trained on by accident.
+SPLIT_KEYS = (
+    "name", "root", "csv", "val_root", "val_csv", "test_root", "test_csv", "class_names",
+    "val_fraction", "test_fraction", "split_seed", "num_images", "image_size", "num_classes", "seed",
+)  # fmt: skip
+# Where a run keeps its best model and its facts: beside the checkpoint, or inside the MLflow Model.
+MODEL_FILES = ("checkpoints/best.keras", "model/artifacts/best.keras")
+FACTS_FILES = (f"checkpoints/{SPEC_FILE}", f"model/artifacts/{SPEC_FILE}")
 
 
 def evaluate_run(cfg: DictConfig) -> float:
@@ -32,14 +41,20 @@ def evaluate_run(cfg: DictConfig) -> float:
         raise ConfigError(f"eval.split must be one of {list(SPLITS)}. Received: split={cfg.eval.split}")
     client = MlflowClient(cfg.tracking.uri)
     source = client.get_run(run_id)
+    differences = split_differences(source.data.params, tracking.flatten(cfg.data, "data"))
+    if differences and not cfg.eval.allow_other_split:
+        raise ConfigError(
+            f"Run {run_id} split its data with other settings, so this evaluation could score images it "
+            "trained on: " + "; ".join(differences) + ". Set these overrides to evaluate on the source "
+            "run's split, or eval.allow_other_split=true to evaluate on other data anyway."
+        )
     with tempfile.TemporaryDirectory() as scratch:
-        facts_file = client.download_artifacts(run_id, f"model/artifacts/{SPEC_FILE}", scratch)
-        facts = json.loads(Path(facts_file).read_text())
-        best = client.download_artifacts(run_id, "checkpoints/best.keras", scratch)
+        facts = json.loads(Path(_download_first(client, run_id, FACTS_FILES, scratch)).read_text())
+        best = _download_first(client, run_id, MODEL_FILES, scratch)
         tracking.release_artifact_threads()
         spec = ImageSpec(**facts["spec"])
         _check_compatible(cfg, run_id, spec, facts["class_names"])
-        manifest, _ = drop_bad_images(instantiate(cfg.data.manifest), cfg.data.on_bad_image)
+        manifest, bad = drop_bad_images(instantiate(cfg.data.manifest), cfg.data.on_bad_image)
         if tuple(manifest.class_names) != tuple(facts["class_names"]):
             raise ConfigError(
                 f"Run {run_id} was trained on the classes {facts['class_names']}; this dataset has "
@@ -47,7 +62,12 @@ def evaluate_run(cfg: DictConfig) -> float:
             )
         split = _chosen_split(manifest, cfg.eval.split)
         experiment_id = source.info.experiment_id
-        tags = {"role": "evaluation", "source_run_id": run_id, "mlflow.parentRunId": run_id}
+        tags = {
+            "role": "evaluation",
+            "source_run_id": run_id,
+            "mlflow.parentRunId": run_id,
+            "split_matches_source": str(not differences).lower(),
+        }
         name = f"eval of {source.info.run_name}"
         folder = Path(cfg.paths.output_dir)
         with tracking.tracked_run(cfg.tracking.uri, experiment_id, name, tags, folder) as run_log:
@@ -57,15 +77,47 @@ def evaluate_run(cfg: DictConfig) -> float:
             )
             import keras
 
+            from loaderlab.models import register_all
+
+            register_all()  # the models' custom layers: Keras does not import them itself
             model = keras.models.load_model(best)
             decoder = ImageDecoder(spec, cfg.data.on_bad_image, storage_of(cfg.data))
             loader = instantiate(cfg.loader)
             result = evaluate(model, loader, split, decoder, cfg.batch.val, manifest.class_names)
             log_evaluation(run_log, result, folder, "eval")
+            log_skipped(run_log, cfg.data.on_bad_image, bad | dict(decoder.skipped), "skipped_images")
     log.info(
         "Run %s on %d images: accuracy %.4f, loss %.4f", run_id, len(split), result.accuracy, result.loss
     )
     return result.accuracy
+
+
+def split_differences(source_params: dict[str, str], here: dict[str, str]) -> list[str]:
+    """Each split-deciding data key whose value differs from the source run's, with its override."""
+    out = []
+    for key in (f"data.{k}" for k in SPLIT_KEYS):
+        theirs, ours = source_params.get(key), here.get(key)
+        if theirs == ours or (theirs is None and ours in ("None", "null")):
+            continue
+        if key == "data.name":
+            out.append(f"data={theirs} (source), data={ours} (here)")
+        elif theirs is None:
+            out.append(f"{key} is {ours} here and unset in the source run")
+        else:
+            out.append(f"{key}={theirs} (source), {key}={ours} (here)")
+    return out
+
+
+def _download_first(client: MlflowClient, run_id: str, candidates: tuple[str, ...], scratch: str) -> str:
+    """The first of the candidate artifacts the run logged, downloaded into scratch."""
+    for path in candidates:
+        folder, name = path.rsplit("/", 1)
+        if any(a.path == path for a in client.list_artifacts(run_id, folder)):
+            return client.download_artifacts(run_id, path, scratch)
+    raise ConfigError(
+        f"Run {run_id} logged no model to evaluate (looked for {', '.join(candidates)}): it ran with "
+        "tracking.log_checkpoint=false and tracking.log_model=false, or ended before a finished epoch."
+    )
 
 
 def _source_run_id(cfg: DictConfig) -> str:

@@ -89,25 +89,33 @@ def log_evaluation(run_log: RunLog, evaluation: Evaluation, folder: Path, prefix
     run_log.artifact(picture)
 
 
+MAX_FIGURE_INCHES = 14.0  # the figure stops growing here; the JSON always holds the full matrix
+MAX_LABELLED_CLASSES = 40  # beyond this, every n-th class is named
+MAX_ANNOTATED_CLASSES = 20  # beyond this, the cells carry no count
+
+
 def confusion_figure(evaluation: Evaluation, title: str) -> Any:
-    """A matplotlib figure of the counts, true classes down, predicted across."""
+    """A matplotlib figure of the counts, true classes down, predicted across, of a bounded size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names, counts = evaluation.class_names, evaluation.confusion
-    size = 1.8 + 0.6 * len(names)
+    size = min(1.8 + 0.6 * len(names), MAX_FIGURE_INCHES)
     figure, axes = plt.subplots(figsize=(size + 1, size))
-    axes.imshow(counts, cmap="Blues")
-    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axes.set_yticks(range(len(names)), names)
-    axes.set_xlabel("predicted class")
+    axes.imshow(counts, cmap="Blues", interpolation="nearest")
+    every = max(1, -(-len(names) // MAX_LABELLED_CLASSES))
+    ticks = range(0, len(names), every)
+    axes.set_xticks(ticks, [names[i] for i in ticks], rotation=45 if every == 1 else 90, ha="right")
+    axes.set_yticks(ticks, [names[i] for i in ticks])
+    axes.set_xlabel("predicted class" + (f" (every {every}th named)" if every > 1 else ""))
     axes.set_ylabel("true class")
     axes.set_title(title)
-    for (row, column), value in np.ndenumerate(counts):
-        colour = "white" if value > counts.max() / 2 else "black"
-        axes.text(column, row, str(value), ha="center", va="center", color=colour)
+    if len(names) <= MAX_ANNOTATED_CLASSES:
+        for (row, column), value in np.ndenumerate(counts):
+            colour = "white" if value > counts.max() / 2 else "black"
+            axes.text(column, row, str(value), ha="center", va="center", color=colour)
     figure.tight_layout()
     plt.close(figure)
     return figure
@@ -120,13 +128,22 @@ def finish_model(
     Model that reads image files (registered as tracking.register_as when set)."""
     import keras
 
+    from loaderlab.models import register_all
+    from loaderlab.serving import SPEC_FILE, write_facts
+
     best = state_dir / "checkpoints" / "best.keras"
     if not best.exists():  # trainer.checkpoint=false, or no finished epoch
         return
+    facts = write_facts(decoder.spec, manifest.class_names, best.parent / SPEC_FILE)
+    if cfg.tracking.log_checkpoint:  # beside the checkpoint: eval.py reads it without the MLflow Model
+        run_log.artifact(facts, "checkpoints")
     if manifest.test is not None:
+        register_all()  # the models' custom layers: Keras does not import them itself
         model = keras.models.load_model(best)
+        before = len(decoder.skipped)
         result = evaluate(model, loader, manifest.test, decoder, cfg.batch.val, manifest.class_names)
         log_evaluation(run_log, result, state_dir / "evaluation", "test")
+        log_skipped(run_log, cfg.data.on_bad_image, dict(decoder.skipped[before:]), "test_skipped_images")
         keras.backend.clear_session()
     if cfg.tracking.get("log_model", True):
         from loaderlab.serving import save_image_model
@@ -136,7 +153,16 @@ def finish_model(
             import shutil
 
             shutil.rmtree(target)
-        save_image_model(best, decoder.spec, manifest.class_names, list(manifest.val.paths[:2]), target)
+        save_image_model(best, facts, list(manifest.val.paths[:2]), target)
         run_log.artifact(target, "model")
         if cfg.tracking.get("register_as"):
             run_log.register_model("model", cfg.tracking.register_as)
+
+
+def log_skipped(run_log: RunLog, on_bad_image: str, skipped: dict[str, str], name: str) -> None:
+    """Under data.on_bad_image=skip: the count of what was left out as metric `name`, listed in name.tsv."""
+    if on_bad_image != "skip":
+        return
+    run_log.metrics({name: float(len(skipped))})
+    if skipped:
+        run_log.text("".join(f"{path}\t{reason}\n" for path, reason in skipped.items()), f"{name}.tsv")

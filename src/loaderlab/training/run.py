@@ -182,8 +182,12 @@ def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: Imag
     cfg, strategy, worker = job.cfg, job.strategy, job.worker
     replicas = strategy.num_replicas_in_sync
     plan = distributed.Plan.of(len(manifest.train), worker.count, cfg.batch.train * replicas)
-    job.run_log.params(plan.params())
-    job.monitors.throughput.images_per_epoch = plan.train_images  # all workers' images per epoch
+    val_batch = cfg.batch.val * replicas // worker.count  # this worker's
+    data = distributed.build_data(
+        strategy, worker, loader, manifest.train, manifest.val, decoder, plan, val_batch, cfg.trainer.seed
+    )
+    job.run_log.params(data.plan.params())
+    job.monitors.throughput.images_per_epoch = data.plan.train_images  # all workers' images per epoch
     model = _build_model(cfg, decoder.spec, manifest, strategy)
     callbacks = _callbacks(job, plan.global_batch)
     job.monitors.throughput.fit_start()
@@ -191,13 +195,7 @@ def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: Imag
         strategy,
         worker,
         model,
-        loader,
-        manifest.train,
-        manifest.val,
-        decoder,
-        plan,
-        cfg.batch.val * replicas // worker.count,  # this worker's validation batch
-        cfg.trainer.seed,
+        data,
         cfg.trainer.epochs,
         callbacks,
         job.state_dir / BACKUP_DIR,

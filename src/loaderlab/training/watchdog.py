@@ -6,6 +6,9 @@ TensorFlow, cannot even take Ctrl-C. The watchdog notices that no step has finis
 `timeout_s`, records why on the MLflow run, ends the run FAILED, stops the worker processes
 and exits the job with a non-zero code, so a sweep moves on to its next job.
 
+Its clock starts when training starts (on_train_begin), not when the job enters it: what comes
+before, a first pack or a wait for the other workers' packs, is slow but no stall.
+
 Its thread belongs to the job, not to fit: the job enters it as a context manager, so the thread
 stops in every ending (Keras calls on_train_end only when fit returns), and once stopped it can no
 longer act, even mid-check: a notebook or an in-process sweep runs other jobs in the same process.
@@ -48,13 +51,12 @@ class StallWatchdog(keras.callbacks.Callback):
         super().__init__()
         self.timeout_s, self.on_stall, self.poll_s = timeout_s, on_stall, poll_s
         self.explain = explain or _data_worker_hint  # what most likely stopped the steps
-        self._last_progress = time.monotonic()
+        self._last_progress: float | None = None  # None: training has not started, nothing to watch
         self._stop = threading.Event()
         self._acting = threading.Lock()  # held from the decision to act on a stall to the exit
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> StallWatchdog:
-        self._progress()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
         self._thread.start()
         return self
@@ -90,6 +92,8 @@ class StallWatchdog(keras.callbacks.Callback):
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
+            if self._last_progress is None:
+                continue
             idle = time.monotonic() - self._last_progress
             if idle <= self.timeout_s:
                 continue
