@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -231,3 +232,5 @@ def test_kept_verdicts_reread_only_changed_files_and_still_catch_a_change(
     assert find_bad_images(paths, cache_dir=cache) == {paths[3]: "truncated JPEG (no end-of-image marker)"}
     assert inspected == [paths[3]]
     assert sorted(root.rglob("*")) == listing and len(list(cache.iterdir())) == 1  # kept in outputs/ only
+    [kept] = cache.iterdir()  # a data format: loading a shared outputs/ never runs code, as a pickle can
+    assert json.loads(kept.read_text())[paths[3]][2] == "truncated JPEG (no end-of-image marker)"

@@ -149,3 +149,53 @@ def test_eval_py_logs_an_evaluation_run_linked_to_its_source(trained, tmp_path: 
     refused = subprocess.run([*base, "data.channels=1"], capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0
     assert "was trained on 32x32 images with 3 channel(s)" in refused.stderr + refused.stdout
+
+
+def test_the_confusion_figure_stays_bounded_with_a_thousand_classes(tmp_path: Path) -> None:
+    """The figure stops growing and names only what fits; the JSON still holds every count."""
+    from loaderlab.training.evaluate import MAX_FIGURE_INCHES, Evaluation, confusion_figure
+
+    names = tuple(f"class{i:04d}" for i in range(1000))
+    counts = np.diag(np.arange(1000) % 7)
+    figure = confusion_figure(Evaluation(1.0, 0.5, counts, names), "test")
+    assert max(figure.get_size_inches()) <= MAX_FIGURE_INCHES + 1
+    figure.savefig(tmp_path / "confusion.png", dpi=120)
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+    assert len(figure.axes[0].get_xticklabels()) <= 40 and not figure.axes[0].texts
+
+
+def test_eval_refuses_another_split_naming_each_difference_unless_allowed(trained, tmp_path: Path) -> None:
+    """Another split seed or fraction could put training images in what is scored: refused, unless
+    eval.allow_other_split=true, which the evaluation run then records."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from conftest import CONF_DIR
+    from loaderlab.training.eval_run import evaluate_run
+    from loaderlab.validate import ConfigError
+
+    cfg, run = trained
+
+    def eval_cfg(*overrides: str):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            composed = compose("eval", overrides=[
+                f"eval.run_id={run.info.run_id}", f"paths.outputs={tmp_path}",
+                f"tracking.uri={cfg.tracking.uri}", f"data.root={cfg.data.root}",
+                *(f"data.{k}={v}" for k, v in TINY.items()), *overrides,
+            ])  # fmt: skip
+        with open_dict(composed):
+            composed.paths.output_dir = str(tmp_path / "eval")
+        return composed
+
+    with pytest.raises(ConfigError) as refused:
+        evaluate_run(eval_cfg("data.split_seed=1", "data.val_fraction=0.3"))  # and test_fraction 0, not 0.2
+    message = str(refused.value)
+    differences = ("data.split_seed=0 (source)", "data.val_fraction=0.2 (source)", "data.test_fraction=0.2")
+    assert all(d in message for d in differences), message
+    assert "eval.allow_other_split=true" in message
+    evaluate_run(eval_cfg("data.split_seed=1", "eval.allow_other_split=true"))
+    client = MlflowClient(cfg.tracking.uri)
+    [evaluation] = client.search_runs(
+        [run.info.experiment_id], "tags.role = 'evaluation' and tags.split_matches_source = 'false'"
+    )
+    assert evaluation.info.status == "FINISHED"

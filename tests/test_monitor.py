@@ -159,3 +159,21 @@ def test_nvml_cross_check_samples_device_memory_or_reports_nothing(monkeypatch: 
     assert nvml.peak_mb() == 700
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: no figure, never a zero
     assert NvmlMemory().peak_mb() is None
+
+
+def test_the_stall_watchdog_counts_from_the_start_of_training_not_from_its_creation() -> None:
+    """A first pack, or a wait for other workers' packs, comes before training: it is no stall."""
+    import threading
+
+    from loaderlab.training.watchdog import StallWatchdog
+
+    fired = threading.Event()
+
+    def on_stall(message: str) -> None:
+        fired.set()
+        raise SystemExit  # ends the watchdog's thread here, before it would end the process
+
+    with StallWatchdog(0.2, on_stall, poll_s=0.02) as watchdog:
+        assert not fired.wait(2.0)  # ten timeouts and a hundred polls before training starts: no stall
+        watchdog.on_train_begin()
+        assert fired.wait(120)  # training started and no step finished: a stall

@@ -48,6 +48,13 @@ def test_plan_gives_every_worker_the_same_full_steps_and_counts_the_dropped() ->
     assert plan.params()["strategy.uneven_shards"] == "drop"
     with pytest.raises(ConfigError, match="lower batch.train"):
         Plan.of(num_train=10, workers=2, global_batch=16)
+    # A pack under on_bad_image=skip holds 32 of worker 1's 38 files: the steps its shard fills.
+    agreed = plan.agreed([39, 32])
+    assert (agreed.steps, agreed.train_images, agreed.dropped_images) == (4, 64, 13)
+    agreed = plan.agreed([39, 31])
+    assert (agreed.steps, agreed.train_images, agreed.dropped_images) == (3, 48, 29)
+    with pytest.raises(ConfigError, match="Lower batch.train"):
+        plan.agreed([39, 7])
 
 
 @pytest.mark.parametrize("loader", [SequenceLoader(), GeneratorLoader(), InMemoryLoader()])

@@ -78,6 +78,39 @@ def test_a_bucket_lists_as_the_same_manifest_as_the_local_copy(s3, tiny_root: Pa
     assert sorted(table.train.paths + table.val.paths) == sorted(remote.train.paths + remote.val.paths)
 
 
+def test_a_scheme_alias_lists_the_same_class_names(s3, tiny_root: Path) -> None:
+    """s3a:// lists as s3://: class names come from the paths, not from the length of the user's root."""
+    alias = folder_manifest(f"s3a://{BUCKET}/tiny/", storage_options={"endpoint_url": s3.endpoint_url})
+    assert alias.class_names == folder_manifest(str(tiny_root)).class_names
+
+
+@pytest.mark.parametrize(
+    ("root", "listed"),
+    [
+        ("az://box/photos", "abfs://box/photos/cat/1.jpg"),
+        ("s3a://bucket/photos/", "s3://bucket/photos/cat/1.jpg"),
+        ("gcs://bucket/photos", "gs://bucket/photos/cat/1.jpg"),
+        ("abfs://box/photos", "abfs://box/photos/cat/1.jpg"),
+    ],
+)
+def test_paths_under_a_root_ignore_the_scheme_alias(root: str, listed: str) -> None:
+    from loaderlab.data.folder import below
+
+    assert below(root, listed) == "cat/1.jpg"
+    with pytest.raises(DatasetError, match="not under it"):
+        below(root, listed.replace("photos", "other"))
+
+
+def test_a_missing_object_named_like_a_status_code_is_missing_not_refused(s3) -> None:
+    from loaderlab.data.storage import explain
+
+    url = f"s3://{BUCKET}/tiny/no-such-class/20240403.jpg"
+    [error] = storage(s3).read_many([url])
+    assert isinstance(error, FileNotFoundError)
+    assert explain(url, error) == f"{url}: no such object (deleted, or a wrong prefix)."
+    assert "no such object" in explain(url, FileNotFoundError(f"{url} 403 401"))
+
+
 @pytest.mark.parametrize("name", LOADER_NAMES)
 def test_every_loader_reads_the_store_with_the_local_pixels(s3, tiny_root: Path, name: str) -> None:
     """packed too: its shards stay local, the sources it packs are read from the store."""
@@ -141,29 +174,76 @@ def first_key(s3) -> str:
     return s3.client.list_objects_v2(Bucket=BUCKET, Prefix="tiny/")["Contents"][0]["Key"]
 
 
-def test_a_run_from_the_bucket_logs_no_secret(s3, tmp_path: Path) -> None:
-    """The command line, so that Hydra's own record of it (.hydra/) is among the artifacts."""
-    secret = "s3cr3t-never-logged-7f1"
+def test_a_sweep_from_the_bucket_logs_no_secret_whatever_the_override_form(s3, tmp_path: Path) -> None:
+    """The README's one-dict override in a sweep, so that Hydra's own record of it (.hydra/), the
+    job's and the parent's hydra_overrides tags and the launcher's console line are all checked;
+    only values under known-safe keys are shown."""
+    secrets = ["s3cr3t-never-logged-7f1", "AccountKey=never-logged-9c2"]
+    options = (
+        f"{{key: testing, secret: {secrets[0]}, connection_string: '{secrets[1]}', "
+        f"endpoint_url: '{s3.endpoint_url}', client_kwargs: {{region_name: us-east-1}}}}"
+    )
     command = bucket_command(
         tmp_path,
-        f"+data.storage_options.endpoint_url={s3.endpoint_url}",
-        "+data.storage_options.key=testing",
-        f"+data.storage_options.secret={secret}",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        "-m",
+        f"+data.storage_options={options}",
+        "trainer.seed=0,1",  # two jobs: a sweep with its parent run
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert secret in (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()  # Hydra's own copy
+    assert secrets[0] in (tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml").read_text()  # Hydra's copy
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    [run] = client.search_runs([client.get_experiment_by_name("loaderlab").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.params["data.root"] == f"s3://{BUCKET}/tiny"
-    assert run.data.params["data.storage_options.secret"] == "***"
-    folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
-    logged = [p for p in folder.rglob("*") if p.is_file()]
-    assert {".hydra", "train.log"} <= {p.relative_to(folder).parts[0] for p in logged}
-    everything = str(run.data.params) + str(run.data.tags) + done.stdout + done.stderr
-    everything += "".join(p.read_text(errors="replace") for p in logged)
-    assert secret not in everything
+    runs = client.search_runs([client.get_experiment_by_name("loaderlab").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    jobs = [r for r in runs if r is not parent]
+    assert len(jobs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    params = jobs[0].data.params
+    assert params["data.storage_options.secret"] == params["data.storage_options.key"] == "***"
+    assert params["data.storage_options.client_kwargs.region_name"] == "us-east-1"  # a safe key, shown
+    assert params["data.storage_options.endpoint_url"] == s3.endpoint_url
+    assert "secret: ***" in parent.data.tags["hydra_overrides"]
+    everything = done.stdout + done.stderr
+    for run in runs:
+        everything += str(run.data.params) + str(run.data.tags)
+        folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
+        logged = [p for p in folder.rglob("*") if p.is_file()]
+        everything += "".join(p.read_text(errors="replace") for p in logged if p.suffix != ".keras")
+        if run is not parent:
+            assert {".hydra", "train.log"} <= {p.relative_to(folder).parts[0] for p in logged}
+    assert "#0 : " in everything  # the launcher's console line is among what was searched
+    assert not [s for s in secrets if s in everything]
+
+
+def test_storage_options_show_only_known_safe_keys_in_every_form() -> None:
+    from loaderlab.data.storage import redact, redact_overrides, secret_values
+
+    options = {
+        "key": "AKIA1", "secret": "S1", "token": "T1", "aws_access_key_id": "AKIA2",
+        "connection_string": "AccountName=a;AccountKey=K1", "sas_token": "sv=1&sig=X1",
+        "client_kwargs": {"region_name": "eu-west-1", "aws_secret_access_key": "S2"},
+        "endpoint_url": "http://alice:pw1@minio:9000", "anon": False,
+    }  # fmt: skip
+    shown = redact(options)
+    assert shown["client_kwargs"] == {"region_name": "eu-west-1", "aws_secret_access_key": "***"}
+    assert shown["endpoint_url"] == "http://***@minio:9000" and shown["anon"] is False
+    hidden = ["AKIA1", "S1", "T1", "AKIA2", "AccountName=a;AccountKey=K1", "sv=1&sig=X1", "S2", "alice:pw1"]
+    assert sorted(secret_values(options)) == sorted(hidden)
+    assert not [s for s in hidden if s in str(shown)]
+    overrides = [
+        "+data.storage_options={key: AKIA1, secret: S1, endpoint_url: 'http://alice:pw1@minio:9000'}",
+        "data.storage_options.connection_string='AccountName=a;AccountKey=K1'",
+        "++data.storage_options.client_kwargs.aws_access_key_id=AKIA2",
+        "+data.storage_options.client_kwargs={region_name: eu-west-1, aws_secret_access_key: S2}",
+        "data.storage_options.region_name=eu-west-1",
+        "data.storage_options.token=T1,T2",  # a sweep over secrets
+        "data.storage_options.key={unparseable",
+        "loader=tfdata",
+    ]
+    redacted = " ".join(redact_overrides(overrides))
+    assert not [s for s in [*hidden, "T2"] if s in redacted]
+    assert "region_name: eu-west-1" in redacted and "data.storage_options.region_name=eu-west-1" in redacted
+    assert "minio:9000" in redacted and "loader=tfdata" in redacted
 
 
 @pytest.mark.slow

@@ -133,6 +133,8 @@ def test_bad_files_follow_the_policy_at_pack_time(tmp_path: Path, policy: str) -
     assert pack.records == len(split) - 1 and [p for p, _ in decoder.skipped] == [str(root / "a" / "002.jpg")]
     decoder_again = ImageDecoder(ImageSpec(8, 8), policy)
     assert loader.pack(split, decoder_again, training=True).reused and len(decoder_again.skipped) == 1
+    with pytest.raises(BadImageError, match="002.jpg'.*file is empty"):  # skipped there, not here
+        loader.pack(split, ImageDecoder(ImageSpec(8, 8), "error"), training=True)
 
 
 def test_under_multiworker_each_worker_packs_and_reads_its_own_shard(tmp_path: Path, tiny_root: Path) -> None:
