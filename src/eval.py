@@ -1,6 +1,6 @@
 """Evaluate a finished run's best checkpoint on any dataset; the result is an MLflow run of its own.
 
-python src/eval.py eval.run_id=<id> data=folder data.root=/data/new_photos
+python src/eval.py eval.run_id=<id> data=folder data.root=/data/new_photos eval.allow_other_split=true
 python src/eval.py eval.run_folder=outputs/runs/2026-12-01/10-00-00 data.test_fraction=0.2 eval.split=test
 """
 

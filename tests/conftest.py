@@ -128,3 +128,11 @@ def no_process_left_behind():
         for proc in left:
             proc.kill()
         pytest.fail(f"the test suite left {len(left)} process(es) running: {described}")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The seams' case table, with each case's outcome and time, when test_seams.py ran."""
+    seams = sys.modules.get("test_seams")
+    if seams is not None and seams.OUTCOMES:
+        terminalreporter.write_sep("=", "seams: pairwise cases")
+        terminalreporter.write_line(seams.case_table())

@@ -86,7 +86,8 @@ def pairwise(dimensions: dict[str, list[str]], seed: int = 0, tries: int = 60) -
 
 
 CASES = pairwise(DIMENSIONS)
-RESULTS: dict[int, dict] = {}  # case index -> what the case left for the final checks
+RESULTS: dict[int, dict] = {}  # case index -> what a served case left for the final checks
+OUTCOMES: dict[int, str] = {}  # case index -> "passed in 5.2 s" (conftest prints the table at the end)
 
 
 def case_id(case: dict[str, str]) -> str:
@@ -144,7 +145,7 @@ def seams_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('seams-mlflow') / 'mlflow.db'}"
 
 
-def test_the_cases_cover_every_pair_and_print_their_table() -> None:
+def test_the_cases_cover_every_pair() -> None:
     missing = {
         ((a, va), (b, vb))
         for a, b in itertools.combinations(DIMENSIONS, 2)
@@ -154,13 +155,20 @@ def test_the_cases_cover_every_pair_and_print_their_table() -> None:
     for case in CASES:
         missing -= exercised_pairs(case)
     assert not missing
+
+
+def case_table() -> str:
+    """The cases, what each is expected to do and, for those that ran, their outcome and time."""
     sizes = ", ".join(f"{k} ({len(v)})" for k, v in DIMENSIONS.items())
-    print(f"\n{len(CASES)} cases cover all pairs of {sizes}")
     widths = [max(len(k), *(len(v) for v in values)) for k, values in DIMENSIONS.items()]
-    print("  #  " + "  ".join(k.ljust(w) for k, w in zip(DIMENSIONS, widths, strict=True)) + "  expected")
+    lines = [f"{len(CASES)} cases cover every pair of {sizes}"]
+    header = "  ".join(k.ljust(w) for k, w in zip(DIMENSIONS, widths, strict=True))
+    lines.append(f"  #  {header}  outcome")
     for i, case in enumerate(CASES):
         cells = "  ".join(v.ljust(w) for v, w in zip(case.values(), widths, strict=True))
-        print(f"{i:3d}  {cells}  {'refuses' if refusal(case) else 'trains'}")
+        outcome = OUTCOMES.get(i, "not run")
+        lines.append(f"{i:3d}  {cells}  {'refuses' if refusal(case) else 'trains'}: {outcome}")
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[case_id(c) for c in CASES])
@@ -168,6 +176,7 @@ def test_seam(index: int, sources, data_service: str, seams_store: str, tmp_path
     from loaderlab.training.run import train
 
     case, started = CASES[index], time.monotonic()
+    OUTCOMES[index] = "failed"
     name = f"seam{index}"
     shared = [  # what eval.py is given too
         f"paths.outputs={tmp_path}",
@@ -202,6 +211,7 @@ def test_seam(index: int, sources, data_service: str, seams_store: str, tmp_path
             train(cfg)
         run = client.search_runs([client.get_experiment_by_name(name).experiment_id])[0]
         assert run.info.status == "FAILED"
+        OUTCOMES[index] = f"refused as expected in {time.monotonic() - started:.1f} s"
         return
     train(cfg)
     run = client.search_runs([client.get_experiment_by_name(name).experiment_id])[0]
@@ -221,7 +231,7 @@ def test_seam(index: int, sources, data_service: str, seams_store: str, tmp_path
     if case["ending"] == "served":
         manifest = folder_manifest(str(Path(sources["folder"][1].split("=", 1)[1])))
         RESULTS[index] = {"model": f"models:/{name}/1", "paths": list(manifest.val.paths[:4])}
-    print(f"case {index} {case_id(case)}: {time.monotonic() - started:.1f} s")
+    OUTCOMES[index] = f"passed in {time.monotonic() - started:.1f} s"
 
 
 def test_a_bad_file_met_in_the_test_split_is_counted(sources, seams_store: str, tmp_path: Path) -> None:
