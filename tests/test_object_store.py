@@ -178,18 +178,18 @@ def test_a_sweep_from_the_bucket_logs_no_secret_whatever_the_override_form(s3, t
     """The README's one-dict override in a sweep, so that Hydra's own record of it (.hydra/), the
     job's and the parent's hydra_overrides tags and the launcher's console line are all checked;
     only values under known-safe keys are shown."""
-    secrets = ["s3cr3t-never-logged-7f1", "AccountKey=never-logged-9c2"]
+    secrets = ["s3cr3t-never-logged-7f1", "session-token-never-logged-9c2"]
     options = (
-        f"{{key: testing, secret: {secrets[0]}, connection_string: '{secrets[1]}', "
+        f"{{key: testing, secret: {secrets[0]}, token: {secrets[1]}, "
         f"endpoint_url: '{s3.endpoint_url}', client_kwargs: {{region_name: us-east-1}}}}"
     )
     command = bucket_command(
         tmp_path,
-        "-m",
         f"+data.storage_options={options}",
         "trainer.seed=0,1",  # two jobs: a sweep with its parent run
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )
+    command.insert(2, "-m")  # before the overrides: argparse takes no option between positionals
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert secrets[0] in (tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml").read_text()  # Hydra's copy

@@ -10,23 +10,32 @@ that delivers it later: `python src/deliver.py <run folder>`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
+import os
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 JOURNAL_GLOB = "mlflow-journal-*.jsonl"
 _BATCH = 100  # MLflow takes at most 100 params or tags per log_batch call
+# The answers that reject a record itself (a param that conflicts, a deleted run): the record is
+# kept aside and delivery goes on. Every other failure (401, 403, 429, 5xx, "database is locked",
+# a refused connection) is an outage, waited out.
+REJECTIONS = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE"})
+CREDENTIALS_HINT = (
+    "If the server asks for a login, set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+    "(or MLFLOW_TRACKING_TOKEN) to credentials it accepts."
+)
 
 
 def journal_path(folder: Path, run_id: str) -> Path:
@@ -34,19 +43,38 @@ def journal_path(folder: Path, run_id: str) -> Path:
     return Path(folder) / f"mlflow-journal-{run_id}.jsonl"
 
 
+def rejected_path(journal: Path) -> Path:
+    """Where a journal's records that the server rejected are kept, each with its error."""
+    return journal.with_name(journal.name.replace("mlflow-journal-", "mlflow-rejected-"))
+
+
 def server_answers(uri: str, timeout_s: float = 5.0) -> bool:
-    """Whether the tracking store can be written now: an http(s) server answers /health."""
+    """Whether an http(s) tracking server answers at all, asked through MLflow's own client (its
+    token, TLS and client-certificate settings); a local store is there whenever its disk is."""
     if not uri.startswith(("http://", "https://")):
-        return True  # a local store is there whenever its disk is
+        return True
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            return True
-    except (urllib.error.URLError, OSError):
+        http_request(
+            get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout_s,
+            raise_on_status=False,
+        )  # fmt: skip
+        return True
+    except Exception:  # noqa: BLE001  no answer, whatever the transport says
         return False
 
 
+def is_rejection(error: BaseException) -> bool:
+    """Whether the server rejected the record itself, rather than being unable to take it now."""
+    if not isinstance(error, MlflowException) or error.error_code not in REJECTIONS:
+        return False
+    return "database is locked" not in str(error)
+
+
 def deliver_record(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
-    """Send one journal record to the run."""
+    """Send one journal record to the run; sending one again does no harm (a retry after a lost reply)."""
     if "metrics" in record:
         step, stamp = record.get("step") or 0, record["timestamp"]
         metrics = [Metric(k, float(v), stamp, step) for k, v in record["metrics"].items()]
@@ -70,7 +98,7 @@ def deliver_record(client: MlflowClient, run_id: str, record: dict[str, Any]) ->
     elif "register" in record:
         _register(client, run_id, record["register"], record["artifact_path"])
     elif "status" in record:
-        client.set_terminated(run_id, record["status"])
+        client.set_terminated(run_id, record["status"], end_time=record.get("end_time"))
 
 
 def _register(client: MlflowClient, run_id: str, name: str, artifact_path: str) -> None:
@@ -83,27 +111,84 @@ def _register(client: MlflowClient, run_id: str, name: str, artifact_path: str) 
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    if any(v.name == name and v.source == source for v in versions):  # registered before the reply was lost
+        return
     client.create_model_version(name, source, run_id)
+
+
+class JournalLock:
+    """An exclusive lock on a journal, held by whoever delivers it: the job that writes it, or
+    deliver.py. Taken on the journal file itself, so it goes when the journal goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file: Any = None
+
+    def acquire(self, wait: bool, create: bool = False) -> bool:
+        """Take the lock (waiting for it, or not); False if another process holds it or the journal
+        is gone (delivered and removed meanwhile). `create`: make an empty journal if there is none."""
+        while True:
+            try:
+                descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0))
+            except FileNotFoundError:
+                return False
+            handle = os.fdopen(descriptor, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                handle.close()
+                return False
+            try:  # the holder may have delivered and removed the journal while we waited
+                same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._file = handle
+                return True
+            handle.close()
+            if not wait or not self.path.exists():
+                return False
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        if self._file is not None:
+            self._file.close()  # closing the file releases the flock
+            self._file = None
 
 
 class RunLog:
     """The journal of one MLflow run and the thread that delivers it, in order, through any outage."""
 
-    def __init__(self, uri: str, run_id: str, folder: Path, retry_s: float = 5.0):
+    def __init__(
+        self, uri: str, run_id: str, folder: Path, retry_s: float = 5.0, parent_run_id: str | None = None
+    ):
         self.uri, self.run_id, self.retry_s = uri, run_id, retry_s
         self.path = journal_path(folder, run_id)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._offset_file = self.path.with_suffix(".delivered")
+        self._lowest_file = Path(folder) / f"mlflow-lowest-{run_id}.json"  # across resumes
         self._records: list[dict[str, Any]] = []
         self._delivered = 0
-        if self.path.exists():  # a resumed run: what an earlier job could not deliver goes first
-            _, self._records, self._delivered = _read_journal(self.path)
+        self._superseded: set[int] = set()  # an earlier job's end status: never delivered by this job
+        self._lock = JournalLock(self.path)
+        if not self._lock.acquire(wait=False, create=True):
+            log.warning("Waiting for deliver.py, which is delivering %s, to finish.", self.path)
+            self._lock.acquire(wait=True, create=True)
+        if self.path.stat().st_size:  # a resumed run: what an earlier job could not deliver goes first
+            _drop_torn_tail(self.path)  # else this job's first record would extend a crash's cut-off line
+            _, self._records, self._delivered = read_journal(self.path)
+            # Delivered now, an earlier job's end status would end the run while this job trains.
+            left = range(self._delivered, len(self._records))
+            self._superseded = {i for i in left if "status" in self._records[i]}
         else:
-            self.path.write_text(json.dumps({"uri": uri, "run_id": run_id}) + "\n")
-        self._lowest: dict[str, float] = {}
+            self._append({"uri": uri, "run_id": run_id, "parent_run_id": parent_run_id}, header=True)
+        self._lowest: dict[str, float] = _read_json(self._lowest_file, {})
         self._cond = threading.Condition()
-        self._deadline: float | None = None  # set by close(): deliver until then, then stop
+        self._closing_since: float | None = None  # set by close(): deliver while the server answers
+        self._wait_s = math.inf
         self._outage_since: float | None = None
+        self._broken: BaseException | None = None
         self._thread = threading.Thread(target=self._deliver_all, name="mlflow-delivery", daemon=True)
         self._thread.start()
 
@@ -117,12 +202,15 @@ class RunLog:
         self._append({"tags": {k: str(v) for k, v in tags.items()}})
 
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Log metrics at a step (none: step 0); remembers each key's lowest value."""
+        """Log metrics at a step (none: step 0); remembers each key's lowest value, across resumes."""
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        for key, value in numbers.items():
-            if not math.isnan(value):
-                self._lowest[key] = min(value, self._lowest.get(key, math.inf))
+        lower = {
+            k: v for k, v in numbers.items() if not math.isnan(v) and v < self._lowest.get(k, math.inf)
+        }
         self._append({"metrics": numbers, "step": step, "timestamp": int(time.time() * 1000)})
+        if lower:
+            self._lowest |= lower
+            _write_atomic(self._lowest_file, json.dumps(self._lowest))
 
     def text(self, text: str, artifact_file: str) -> None:
         """Log a text artifact."""
@@ -148,7 +236,7 @@ class RunLog:
         self.close("FAILED", wait_s)
 
     def lowest(self, key: str) -> float:
-        """The lowest value of a metric logged by this job; inf if none."""
+        """The lowest value of a metric this run logged (earlier jobs of a resumed run too); inf if none."""
         return self._lowest.get(key, math.inf)
 
     @property
@@ -158,26 +246,36 @@ class RunLog:
             return len(self._records) - self._delivered
 
     def close(self, status: str, wait_s: float) -> int:
-        """End the run with status: deliver for up to wait_s, then stop the thread. Returns what is
-        left undelivered (kept in the journal, with a log line naming the command that sends it)."""
-        self._append({"status": status})
+        """End the run with status (and this moment as its end time). Delivery goes on while the server
+        answers, however long an upload takes; a server that does not answer is waited for up to
+        wait_s. Returns what is left undelivered (kept in the journal, with a log line naming the
+        command that sends it)."""
+        if self._closing_since is not None:  # closed already (the watchdog's fail(), then the job's end)
+            return self.pending
+        self._append({"status": status, "end_time": int(time.time() * 1000)})
         with self._cond:
-            self._deadline = time.monotonic() + wait_s
+            self._closing_since, self._wait_s = time.monotonic(), wait_s
             self._cond.notify_all()
         self._thread.join()
         left = self.pending
         if left:
             log.warning(
-                "The tracking server %s did not answer: %d record(s) of run %s (metrics, tags, artifacts "
-                "or its end status) are kept in %s. Deliver them once it is back: python src/deliver.py %s",
-                self.uri, left, self.run_id, self.path, self.path.parent,
+                "The tracking server %s did not take %d record(s) of run %s (metrics, tags, artifacts "
+                "or its end status); they are kept in %s. %s Deliver them once it is back: "
+                "python src/deliver.py %s",
+                self.uri, left, self.run_id, self.path, CREDENTIALS_HINT, self.path.parent,
             )  # fmt: skip
         else:
             self.path.unlink(missing_ok=True)
             self._offset_file.unlink(missing_ok=True)
+        self._lock.release()
         return left
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any], header: bool = False) -> None:
+        if header:  # before the thread starts
+            with self.path.open("a") as journal:
+                journal.write(json.dumps(record) + "\n")
+            return
         with self._cond:
             with self.path.open("a") as journal:
                 journal.write(json.dumps(record) + "\n")
@@ -185,14 +283,29 @@ class RunLog:
             self._cond.notify_all()
 
     def _done(self) -> bool:
-        """Under the lock: closing and nothing left, or closing and past the deadline."""
-        if self._deadline is None:
+        """Under the lock: closing and nothing left, or closing and the server away for wait_s."""
+        if self._closing_since is None:
             return False
-        return self._delivered == len(self._records) or time.monotonic() >= self._deadline
+        if self._delivered == len(self._records):
+            return True
+        if self._outage_since is None:
+            return False  # the server answers: an upload in progress is waited for
+        return time.monotonic() - max(self._outage_since, self._closing_since) >= self._wait_s
 
     def _deliver_all(self) -> None:
+        try:
+            self._deliver_loop()
+        except Exception as e:  # noqa: BLE001  a bug here must not lose records: they stay in the journal
+            self._broken = e
+            log.error(
+                "Delivery of run %s stopped on an unexpected error (%s: %s); what is undelivered is kept "
+                "in %s. Deliver it with: python src/deliver.py %s",
+                self.run_id, type(e).__name__, e, self.path, self.path.parent,
+            )  # fmt: skip
+
+    def _deliver_loop(self) -> None:
         client = MlflowClient(self.uri)
-        failures = 0
+        attempts = 0
         while True:
             with self._cond:
                 while self._delivered == len(self._records) and not self._done():
@@ -200,35 +313,40 @@ class RunLog:
                 if self._done():
                     return
                 record = self._records[self._delivered]
+                if self._delivered in self._superseded:
+                    self._delivered += 1
+                    continue
             # Asked before each delivery, so the thread waits here, not inside MLflow's own retries
             # (minutes); only a call already under way when the server goes away sits in those.
-            if not server_answers(self.uri):
-                self._note_outage()
-                with self._cond:
-                    self._cond.wait_for(self._done, timeout=self.retry_s)
+            error: BaseException | None = None
+            if server_answers(self.uri):
+                try:
+                    deliver_record(client, self.run_id, record)
+                except Exception as e:  # noqa: BLE001  judged below: a rejection, or an outage
+                    error = e
+            else:
+                error = ConnectionError("no answer")
+            if error is not None and not is_rejection(error):
+                self._note_outage(error)
+                attempts += 1
+                with self._cond:  # backoff, capped at retry_s; close() wakes it to check its deadline
+                    self._cond.wait_for(self._done, timeout=min(self.retry_s, 0.5 * 2**attempts))
                 continue
-            try:
-                deliver_record(client, self.run_id, record)
-            except Exception as e:  # noqa: BLE001 - an outage is retried; anything else is reported
-                if not server_answers(self.uri):
-                    continue  # went away mid-call: the loop waits for it
-                failures += 1
-                if failures < 3:
-                    time.sleep(1.0)
-                    continue
-                log.error("MLflow refused a record for run %s, left out: %.300s (%s)", self.run_id, record, e)
-            failures = 0
+            if error is not None:
+                keep_aside(self.path, record, error)
+            attempts = 0
             self._note_back()
             with self._cond:
                 self._delivered += 1
-                self._offset_file.write_text(str(self._delivered))
+                _write_atomic(self._offset_file, str(self._delivered))
 
-    def _note_outage(self) -> None:
+    def _note_outage(self, error: BaseException) -> None:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             log.warning(
-                "The tracking server %s does not answer; training goes on, and what it logs waits in %s "
-                "until the server is back.", self.uri, self.path,
+                "The tracking server %s does not take records now (%s); training goes on, and what it "
+                "logs waits in %s until it does. %s",
+                self.uri, _short(error), self.path, CREDENTIALS_HINT,
             )  # fmt: skip
 
     def _note_back(self) -> None:
@@ -240,27 +358,111 @@ class RunLog:
             self._outage_since = None
 
 
-def _read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    """A journal's header, its records and how many of them were delivered."""
-    lines = path.read_text().splitlines()
-    offset_file = path.with_suffix(".delivered")
-    delivered = int(offset_file.read_text()) if offset_file.exists() else 0
-    return json.loads(lines[0]), [json.loads(line) for line in lines[1:] if line], delivered
+def keep_aside(journal: Path, record: dict[str, Any], error: BaseException) -> Path:
+    """Move a record the server rejected into the run folder's rejected file, with its error."""
+    target = rejected_path(journal)
+    with target.open("a") as out:
+        out.write(json.dumps({"error": _short(error), "record": record}) + "\n")
+    log.error(
+        "MLflow rejected a record of %s (%s); it is kept in %s: %.200s",
+        journal.name, _short(error), target, json.dumps(record),
+    )  # fmt: skip
+    return target
 
 
-def deliver_journal(path: Path) -> int:
-    """Deliver what a journal still holds, now; return how many records are left (0: all delivered)."""
-    header, records, delivered = _read_journal(Path(path))
-    offset_file = Path(path).with_suffix(".delivered")
-    client = MlflowClient(header["uri"])
-    for record in records[delivered:]:
-        if not server_answers(header["uri"]):
-            break
-        deliver_record(client, header["run_id"], record)
-        delivered += 1
-        offset_file.write_text(str(delivered))
-    left = len(records) - delivered
-    if not left:
-        Path(path).unlink()
-        offset_file.unlink(missing_ok=True)
-    return left
+class JournalError(RuntimeError):
+    """A journal that cannot be read at all (no header)."""
+
+
+def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """A journal's header, its records and how many of them were delivered. A torn last line (a
+    crash mid-append) is dropped with a warning: it was never acknowledged to the job."""
+    lines = path.read_text().split("\n")
+    records = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if any(rest for rest in lines[number:]):  # not the last line: the file is damaged
+                raise JournalError(f"{path}: line {number} is not a record: {line[:80]!r}") from None
+            log.warning("%s: its last line was cut off mid-write (a crash); dropping it: %.80s", path, line)
+    try:
+        header = json.loads(lines[0])
+    except ValueError:
+        raise JournalError(f"{path}: its first line is not a journal header.") from None
+    offset = _read_json(path.with_suffix(".delivered"), 0)
+    return header, records, min(int(offset), len(records))
+
+
+def deliver_journal(path: Path) -> tuple[int, int]:
+    """Deliver what a journal still holds, now: (records left, records kept aside as rejected).
+
+    Raises BlockingIOError when a live job holds the journal."""
+    lock = JournalLock(Path(path))
+    if not lock.acquire(wait=False):
+        if not Path(path).exists():
+            return 0, 0
+        raise BlockingIOError(f"{path} is held by a job that is still running; it delivers it itself.")
+    try:
+        header, records, delivered = read_journal(Path(path))
+        offset_file = Path(path).with_suffix(".delivered")
+        client, rejected = MlflowClient(header["uri"]), 0
+        for record in records[delivered:]:
+            if not server_answers(header["uri"]):
+                break
+            try:
+                deliver_record(client, header["run_id"], record)
+            except Exception as e:  # noqa: BLE001  a rejection is kept aside; anything else stops here
+                if not is_rejection(e):
+                    log.warning("%s: the server does not take records now (%s)", path, _short(e))
+                    break
+                keep_aside(Path(path), record, e)
+                rejected += 1
+            delivered += 1
+            _write_atomic(offset_file, str(delivered))
+            if "status" in record and header.get("parent_run_id"):
+                _settle_parent(header["uri"], header["parent_run_id"])
+        left = len(records) - delivered
+        if not left:
+            Path(path).unlink()
+            offset_file.unlink(missing_ok=True)
+        return left, rejected
+    finally:
+        lock.release()
+
+
+def _settle_parent(uri: str, parent_run_id: str) -> None:
+    from loaderlab.sweep import settle_parent
+
+    try:
+        settle_parent(uri, parent_run_id)
+    except Exception as e:  # noqa: BLE001  the child's own status is delivered; the sweep's end settles it
+        log.warning("Could not bring the sweep's parent run %s up to date: %s", parent_run_id, _short(e))
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a crash's half-written last line off the journal (in place: the lock is on this file)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        log.warning("%s: its last line was cut off mid-write (a crash); dropping it.", path)
+        os.truncate(path, data.rfind(b"\n") + 1)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a small file whole or not at all (a crash never leaves it empty or torn)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _short(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"

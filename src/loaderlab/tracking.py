@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import gc
 import logging
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,39 +39,41 @@ USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWO
 
 
 def check_reachable(uri: str, timeout_s: float = 30.0) -> None:
-    """Fail fast when an http(s) tracking server does not answer, or does not let these credentials in."""
+    """Fail fast when an http(s) tracking server does not answer, or does not let these credentials in.
+
+    Asked through MLflow's own client, so its token, TLS and client-certificate settings apply."""
     if not uri.startswith(("http://", "https://")):
         return
-    base = uri.rstrip("/")
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    def ask(endpoint: str) -> int:
+        answer = http_request(
+            get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout_s,
+            raise_on_status=False,
+        )  # fmt: skip
+        return answer.status_code
+
     try:
-        with urllib.request.urlopen(base + "/health", timeout=timeout_s):
-            pass
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
+        ask("/health")
+    except Exception as e:  # noqa: BLE001  no answer, whatever the transport says
         raise TrackingUnavailableError(
-            f"MLflow tracking server {uri} cannot be reached ({reason}). Start it (e.g. "
+            f"MLflow tracking server {uri} cannot be reached ({type(e).__name__}). Start it (e.g. "
             f"`mlflow server --host 127.0.0.1 --port 5000`) or set tracking.uri to another store, "
             "e.g. the default sqlite:///<repo>/outputs/mlflow.db."
         ) from None
     # /health answers everyone; an API call shows whether a server with authentication lets us in.
-    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
-    if os.environ.get(USERNAME_ENV) or os.environ.get(PASSWORD_ENV):
-        pair = f"{os.environ.get(USERNAME_ENV, '')}:{os.environ.get(PASSWORD_ENV, '')}"
-        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return
-    except urllib.error.HTTPError as e:
-        if e.code not in (401, 403):
-            return  # not a refusal; MLflow's own calls report anything else
+        status = ask("/api/2.0/mlflow/experiments/search?max_results=1")
+    except Exception as e:  # noqa: BLE001
+        raise TrackingUnavailableError(f"MLflow tracking server {uri} stopped answering ({e}).") from None
+    if status in (401, 403):
         given = "were refused" if os.environ.get(USERNAME_ENV) else "are not set"
         raise TrackingAuthError(
-            f"MLflow tracking server {uri} requires a login and the credentials {given} (HTTP {e.code}). "
+            f"MLflow tracking server {uri} requires a login and the credentials {given} (HTTP {status}). "
             f"Set {USERNAME_ENV} and {PASSWORD_ENV} in the environment to your user on that server "
             "(never in the config: it is logged)."
-        ) from None
-    except (urllib.error.URLError, OSError) as e:
-        raise TrackingUnavailableError(f"MLflow tracking server {uri} stopped answering ({e}).") from None
+        )
 
 
 @contextmanager
@@ -187,7 +186,7 @@ def tracked_run(
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     if parent_run_id:
         client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    run_log = RunLog(uri, run_id, folder)
+    run_log = RunLog(uri, run_id, folder, parent_run_id=parent_run_id)
     status, wait = RunStatus.FINISHED, wait_s
     try:
         yield run_log

@@ -63,6 +63,7 @@ def launch(launcher: IsolatedLauncher, job_overrides: Sequence[Sequence[str]], i
                 status=JobStatus.FAILED,
                 _return_value=RuntimeError(f"job #{idx} exited with code {code} and no result"),
             )
+        ret.overrides = redact_overrides(ret.overrides)  # Hydra prints them when a job failed
         returns.append(ret)
         if code in (-signal.SIGINT, INTERRUPTED_EXIT_CODE):  # the job was interrupted: stop the sweep too
             raise KeyboardInterrupt

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import tracking
@@ -122,7 +121,7 @@ def _train_logged(
     _log_global_batches(cfg, strategy, worker, run_log)
     decoder = ImageDecoder(spec, cfg.data.on_bad_image, storage_of(cfg.data))
     monitors = Monitors.create(cfg, run_log, images_per_epoch=len(manifest.train))
-    best_before = _best_val_loss(run_log)
+    best_before = run_log.lowest("val_loss")  # earlier jobs' of a resumed run, kept in its folder
     cluster: dict[str, float] = {}  # multiworker: every worker's peak memory
     try:
         with contextlib.ExitStack() as owned:
@@ -310,12 +309,6 @@ def _callbacks(job: Job, batch_size: int) -> list:
         watchdog = StallWatchdog(cfg.trainer.stall_timeout_s, job.run_log.fail, explain=explain)
         callbacks.append(job.owned.enter_context(watchdog))
     return callbacks
-
-
-def _best_val_loss(run_log: RunLog) -> float:
-    """The lowest val_loss on the server for this run (from earlier jobs when resumed); inf if none."""
-    history = MlflowClient(run_log.uri).get_metric_history(run_log.run_id, "val_loss")
-    return min((m.value for m in history), default=math.inf)
 
 
 def _log_folder_artifacts(run_log: RunLog, output_dir: Path, secrets: list[str]) -> None:
