@@ -2,6 +2,10 @@
 
 python src/deliver.py                      # every run folder under outputs/
 python src/deliver.py outputs/runs/2026-12-01/10-00-00
+
+Each journal is reported and the next one tried, whatever happened to the last. A journal that a
+job still training holds is left to that job. Records the server rejects (a param that conflicts,
+a deleted run) are kept aside in the run folder's mlflow-rejected-<run id>.jsonl, with their error.
 """
 
 import argparse
@@ -10,12 +14,12 @@ import sys
 from pathlib import Path
 
 import loaderlab  # noqa: F401  registers the ${project_root:} resolver
-from loaderlab.run_log import JOURNAL_GLOB, deliver_journal
+from loaderlab.run_log import CREDENTIALS_HINT, JOURNAL_GLOB, deliver_journal, rejected_path
 from loaderlab.utils.paths import OUTPUTS
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Deliver every journal found under the given folders; exit 1 if anything is left."""
+    """Deliver every journal found under the given folders; exit 1 if any record is left or rejected."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -26,12 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     if not journals:
         print("Nothing to deliver.")
         return 0
-    left_total = 0
+    unsettled = 0
     for journal in journals:
-        left = deliver_journal(journal)
-        left_total += left
-        print(f"{journal}: " + ("delivered" if not left else f"{left} record(s) left; is the server up?"))
-    return 1 if left_total else 0
+        try:
+            left, rejected = deliver_journal(journal)
+        except BlockingIOError:
+            print(f"{journal}: skipped, a job that is still running holds it and delivers it itself.")
+            continue
+        except Exception as e:  # noqa: BLE001  reported; the next journal is still tried
+            print(f"{journal}: not delivered ({type(e).__name__}: {e}).")
+            unsettled += 1
+            continue
+        outcome = "delivered" if not left else f"{left} record(s) left; is the server up? {CREDENTIALS_HINT}"
+        if rejected:
+            outcome += f"; {rejected} record(s) rejected by the server, kept in {rejected_path(journal)}"
+        print(f"{journal}: {outcome}")
+        unsettled += bool(left or rejected)
+    return 1 if unsettled else 0
 
 
 if __name__ == "__main__":

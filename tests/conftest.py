@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from helpers import free_ports, wait_for_health
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.synthetic import generate
 
@@ -46,6 +49,59 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose conf/config.yaml with overrides, as `python src/train.py ...` would."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=list(overrides or []))
+
+
+ADMIN, ADMIN_PASSWORD = "admin", "admin-password-7f3a"
+USER, PASSWORD = "alice", "alice-password-91c2"
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with one team user, alice."""
+    import requests
+
+    folder = tmp_path_factory.mktemp("auth-server")
+    (folder / "auth.ini").write_text(
+        "[mlflow]\n"
+        "default_permission = EDIT\n"
+        f"database_uri = sqlite:///{folder}/users.db\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret",
+    }
+    [port] = free_ports(1)
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{folder}/server.db",
+            "--artifacts-destination", str(folder / "artifacts"),
+            "--workers", "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the uvicorn worker goes with it
+    )  # fmt: skip
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_for_health(uri, timeout_s=180)
+        created = requests.post(
+            f"{uri}/api/2.0/mlflow/users/create",
+            json={"username": USER, "password": PASSWORD},
+            auth=(ADMIN, ADMIN_PASSWORD),
+            timeout=30,
+        )
+        assert created.ok, created.text
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # a graceful stop waits ~30 s on idle keep-alive clients
+        server.wait(timeout=60)
 
 
 PACK_ROOT: list[Path] = []  # where tests' packed loaders write: the session's own folder

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import train_command
-from helpers import free_ports, make_mixed_dataset, wait_for_health
+from conftest import ADMIN, ADMIN_PASSWORD, PASSWORD, USER, train_command
+from helpers import make_mixed_dataset
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.folder import folder_manifest
 from loaderlab.loaders import ImageDecoder, ImageSpec
@@ -66,59 +65,6 @@ def test_tfdata_service_trains(make_cfg, tracking_uri: str, data_service: str) -
     assert math.isfinite(best)
     run = latest_run(tracking_uri, "tests")
     assert run.data.tags["loader"] == "tfdata_service" and run.data.metrics["images_per_sec"] > 0
-
-
-ADMIN, ADMIN_PASSWORD = "admin", "admin-password-7f3a"
-USER, PASSWORD = "alice", "alice-password-91c2"
-
-
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with one team user, alice."""
-    import requests
-
-    folder = tmp_path_factory.mktemp("auth-server")
-    (folder / "auth.ini").write_text(
-        "[mlflow]\n"
-        "default_permission = EDIT\n"
-        f"database_uri = sqlite:///{folder}/users.db\n"
-        f"admin_username = {ADMIN}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    env = {
-        **os.environ,
-        "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
-        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret",
-    }
-    [port] = free_ports(1)
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{folder}/server.db",
-            "--artifacts-destination", str(folder / "artifacts"),
-            "--workers", "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the uvicorn worker goes with it
-    )  # fmt: skip
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        wait_for_health(uri, timeout_s=180)
-        created = requests.post(
-            f"{uri}/api/2.0/mlflow/users/create",
-            json={"username": USER, "password": PASSWORD},
-            auth=(ADMIN, ADMIN_PASSWORD),
-            timeout=30,
-        )
-        assert created.ok, created.text
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)  # a graceful stop waits ~30 s on idle keep-alive clients
-        server.wait(timeout=60)
 
 
 def train_against(uri: str, outputs: Path, data_root: Path, experiment: str, credentials: dict[str, str]):

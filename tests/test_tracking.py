@@ -42,3 +42,17 @@ def test_parallel_jobs_share_a_new_sqlite_store(tmp_path: Path) -> None:
 def test_flatten_gives_dotted_resolved_keys() -> None:
     cfg = OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": "${a.b}", "e": None})
     assert flatten(cfg) == {"a.b": "1", "a.c": "[1, 2]", "d": "1", "e": "None"}
+
+
+def test_a_registration_delivered_twice_makes_one_model_version(tmp_path: Path) -> None:
+    """A retry after a lost reply sends the record again: the model is not registered twice."""
+    from loaderlab.run_log import deliver_record
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("register", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_text(run_id, "a model", "model/MLmodel")
+    for _ in range(2):
+        deliver_record(client, run_id, {"register": "twice", "artifact_path": "model"})
+    assert [int(v.version) for v in client.search_model_versions("name = 'twice'")] == [1]

@@ -325,7 +325,7 @@ class RunLog:
                 except Exception as e:  # noqa: BLE001  judged below: a rejection, or an outage
                     error = e
             else:
-                error = ConnectionError("no answer")
+                error = NoAnswerError(self.uri)
             if error is not None and not is_rejection(error):
                 self._note_outage(error)
                 attempts += 1
@@ -343,10 +343,12 @@ class RunLog:
     def _note_outage(self, error: BaseException) -> None:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
+            silent = isinstance(error, NoAnswerError)
             log.warning(
-                "The tracking server %s does not take records now (%s); training goes on, and what it "
-                "logs waits in %s until it does. %s",
-                self.uri, _short(error), self.path, CREDENTIALS_HINT,
+                "The tracking server %s %s; training goes on, and what it logs waits in %s until it "
+                "takes it.%s",
+                self.uri, "does not answer" if silent else f"does not take records now ({_short(error)})",
+                self.path, "" if silent else f" {CREDENTIALS_HINT}",
             )  # fmt: skip
 
     def _note_back(self) -> None:
@@ -368,6 +370,10 @@ def keep_aside(journal: Path, record: dict[str, Any], error: BaseException) -> P
         journal.name, _short(error), target, json.dumps(record),
     )  # fmt: skip
     return target
+
+
+class NoAnswerError(ConnectionError):
+    """The tracking server does not answer at all."""
 
 
 class JournalError(RuntimeError):
