@@ -187,8 +187,12 @@ def no_process_left_behind():
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """The seams' case table, with each case's outcome and time, when test_seams.py ran."""
+    """What the seams' cases and the docs' checks covered, when their modules ran."""
     seams = sys.modules.get("test_seams")
     if seams is not None and seams.OUTCOMES:
         terminalreporter.write_sep("=", "seams: pairwise cases")
         terminalreporter.write_line(seams.case_table())
+    docs = sys.modules.get("test_docs")
+    if docs is not None and docs.SUMMARY:
+        terminalreporter.write_sep("=", "docs: documented commands and links")
+        terminalreporter.write_line("\n".join(docs.SUMMARY))

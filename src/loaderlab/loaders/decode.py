@@ -210,13 +210,10 @@ def decode_bytes(
 def _recycle_freed_memory(pad_bytes: int = 16 * 2**20, mmap_threshold: int = 32 * 2**20) -> None:
     """On glibc, let malloc reuse freed decode buffers instead of handing them back to the OS at once.
 
-    Every thread but the main one allocates from its own glibc arena, which glibc trims down to
-    M_TOP_PAD (0 by default) after each large free; and blocks over the mmap threshold (128 KB until
-    glibc raises it, depending on what the process freed before) are mapped and unmapped each time.
-    The buffers of every image decoded in a worker thread (tf.data, PyDataset workers, the py_func
-    in which Keras runs a generator) were then page-faulted and zeroed anew: about 190 page faults
-    per 224 px image, 40% of the time in the kernel, half the single-thread speed. Both values are
-    what MALLOC_TOP_PAD_ and MALLOC_MMAP_THRESHOLD_ would set (32 MB is glibc's own ceiling).
+    Worker threads' arenas are trimmed after each large free, and large blocks are mapped and
+    unmapped each time, so every image decoded off the main thread was page-faulted anew (the cost
+    is in docs/benchmarks.md). Both values are what MALLOC_TOP_PAD_ and MALLOC_MMAP_THRESHOLD_
+    would set (32 MB is glibc's own ceiling).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -236,7 +233,7 @@ def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
     """An uninitialised uint8 array whose data starts on an `align`-byte boundary.
 
     TensorFlow adopts a 64-byte-aligned NumPy buffer returned by numpy_function (and by the
-    generators Keras wraps) as it is, and copies any other: 0.5-0.8 ms per 64-image batch saved.
+    generators Keras wraps) as it is, and copies any other (docs/benchmarks.md).
     """
     size = int(np.prod(shape))
     raw = np.empty(size + align, dtype=np.uint8)

@@ -30,7 +30,7 @@ class InMemoryLoader(Loader):
     name = "inmemory"
     streaming = False
 
-    COPIES_IN_FIT = 2  # fit copies the array into a tensor, so the run holds it twice (README: memory)
+    COPIES_IN_FIT = 2  # fit copies the array into a tensor, so the run holds it twice (docs/benchmarks.md)
 
     def __init__(self, memory_fraction: float = 0.7):
         self.memory_fraction = memory_fraction  # the rest is left to TensorFlow and the model
