@@ -220,6 +220,8 @@ def test_seam(index: int, sources, data_service: str, seams_store: str, tmp_path
     assert metrics["skipped_images"] == 1  # the bad file, whichever way the loader met it
     assert metrics["images_per_sec"] > 0 and metrics["peak_rss_mb"] > 0 and "val_loss" in metrics
     assert run.data.tags["loader"] == case["loader"] and run.data.tags["model"] == case["model"]
+    if case["strategy"] != "default":  # mirrored and one-worker multiworker: one replica on a CPU
+        assert run.data.params["strategy.replicas"] == "1" and run.data.params["batch.global_train"] == "16"
     if case["ending"] == "eval":
         accuracy = evaluate([*shared, f"eval.run_id={run.info.run_id}"], tmp_path)
         evaluation = client.search_runs(

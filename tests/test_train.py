@@ -64,15 +64,8 @@ def test_each_loader_trains_and_logs_the_contract(make_cfg, tracking_uri: str, o
     client = MlflowClient(tracking_uri)
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
-        "checkpoints/best.keras"
-    ]
-
-
-def test_vgg16_trains_at_32px(make_cfg, tracking_uri: str) -> None:
-    best = train(make_cfg("model=vgg16", "model.input_size=32", "tracking.log_checkpoint=false"))
-    assert math.isfinite(best)
-    assert latest_run(tracking_uri, "tests").data.tags["model"] == "vgg16"
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert logged == ["checkpoints/best.keras", "checkpoints/loaderlab_model.json"]  # eval.py needs both
 
 
 def test_grayscale_and_rectangular_input(make_cfg) -> None:
@@ -120,12 +113,6 @@ def test_unreachable_tracking_server_fails_fast(make_cfg) -> None:
     with pytest.raises(TrackingUnavailableError, match="cannot be reached"):
         train(make_cfg("tracking.uri=http://127.0.0.1:9"))
     assert time.perf_counter() - start < 30  # not MLflow's minutes of retries
-
-
-def test_mirrored_strategy_runs_on_the_cpu_as_one_replica(make_cfg, tracking_uri: str) -> None:
-    assert math.isfinite(train(make_cfg("strategy=mirrored")))
-    params = latest_run(tracking_uri, "tests").data.params
-    assert params["strategy.replicas"] == "1" and params["batch.global_train"] == "16"
 
 
 def test_an_exception_mid_fit_fails_the_run_and_stops_its_worker_processes(
