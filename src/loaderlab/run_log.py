@@ -182,13 +182,13 @@ class RunLog:
             left = range(self._delivered, len(self._records))
             self._superseded = {i for i in left if "status" in self._records[i]}
         else:
-            self._append({"uri": uri, "run_id": run_id, "parent_run_id": parent_run_id}, header=True)
+            header = {"uri": uri, "run_id": run_id, "parent_run_id": parent_run_id}
+            self.path.write_text(json.dumps(header) + "\n")  # the file the lock holds: same inode
         self._lowest: dict[str, float] = _read_json(self._lowest_file, {})
         self._cond = threading.Condition()
         self._closing_since: float | None = None  # set by close(): deliver while the server answers
         self._wait_s = math.inf
         self._outage_since: float | None = None
-        self._broken: BaseException | None = None
         self._thread = threading.Thread(target=self._deliver_all, name="mlflow-delivery", daemon=True)
         self._thread.start()
 
@@ -271,11 +271,7 @@ class RunLog:
         self._lock.release()
         return left
 
-    def _append(self, record: dict[str, Any], header: bool = False) -> None:
-        if header:  # before the thread starts
-            with self.path.open("a") as journal:
-                journal.write(json.dumps(record) + "\n")
-            return
+    def _append(self, record: dict[str, Any]) -> None:
         with self._cond:
             with self.path.open("a") as journal:
                 journal.write(json.dumps(record) + "\n")
@@ -296,7 +292,6 @@ class RunLog:
         try:
             self._deliver_loop()
         except Exception as e:  # noqa: BLE001  a bug here must not lose records: they stay in the journal
-            self._broken = e
             log.error(
                 "Delivery of run %s stopped on an unexpected error (%s: %s); what is undelivered is kept "
                 "in %s. Deliver it with: python src/deliver.py %s",

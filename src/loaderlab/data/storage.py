@@ -83,7 +83,7 @@ _USER_INFO = re.compile(r"^([a-zA-Z][\w+.-]*://)([^/@]+)@")  # scheme://user:pas
 
 
 def _redact_override(override: str) -> str:
-    key, sep, value = override.partition("=")
+    key, sep, _ = override.partition("=")
     path = key.lstrip("~+").split(".")
     if not sep or "storage_options" not in path:
         return override
