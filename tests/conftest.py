@@ -55,7 +55,7 @@ ADMIN, ADMIN_PASSWORD = "admin", "admin-password-7f3a"
 USER, PASSWORD = "alice", "alice-password-91c2"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def auth_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with one team user, alice."""
     import requests

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ADMIN, ADMIN_PASSWORD, PASSWORD, USER, train_command
+from conftest import ADMIN, ADMIN_PASSWORD, train_command
 from helpers import free_ports, wait_for_health
 from loaderlab import PROJECT_ROOT
 
@@ -343,15 +343,23 @@ def test_a_changed_password_keeps_the_records_until_deliver_py_has_the_new_one(
 
     from loaderlab.run_log import RunLog
 
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    user, password = "bob", "bob-password-4e8a"  # a user of its own: the server is the session's
+    created = requests.post(
+        f"{auth_server}/api/2.0/mlflow/users/create",
+        json={"username": user, "password": password},
+        auth=(ADMIN, ADMIN_PASSWORD),
+        timeout=30,
+    )
+    assert created.ok, created.text
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     run_id, _ = new_run(auth_server, "password-changed")
     run_log = RunLog(auth_server, run_id, tmp_path, retry_s=0.2)
     log_epochs(run_log, range(2))
     wait_until(lambda: run_log.pending == 0, what="the first epochs delivered")
     changed = requests.patch(
         f"{auth_server}/api/2.0/mlflow/users/update-password",
-        json={"username": USER, "password": "a-new-password-5d1e"},
+        json={"username": user, "password": "a-new-password-5d1e"},
         auth=(ADMIN, ADMIN_PASSWORD),
         timeout=30,
     )

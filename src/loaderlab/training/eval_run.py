@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from loaderlab import tracking
 from loaderlab.data.manifest import Split
-from loaderlab.data.storage import storage_of
+from loaderlab.data.storage import release_filesystems, storage_of
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.serving import SPEC_FILE
 from loaderlab.training.context import RUN_ID_FILE
@@ -36,6 +36,13 @@ FACTS_FILES = (f"checkpoints/{SPEC_FILE}", f"model/artifacts/{SPEC_FILE}")
 
 def evaluate_run(cfg: DictConfig) -> float:
     """Evaluate the run named by eval.run_id or eval.run_folder on cfg.data; returns the accuracy."""
+    try:
+        return _evaluate(cfg)
+    finally:
+        release_filesystems()  # the store connections this job opened end with it, as a training job's
+
+
+def _evaluate(cfg: DictConfig) -> float:
     run_id = _source_run_id(cfg)
     if cfg.eval.split not in SPLITS:
         raise ConfigError(f"eval.split must be one of {list(SPLITS)}. Received: split={cfg.eval.split}")
