@@ -161,6 +161,7 @@ def test_nvml_cross_check_samples_device_memory_or_reports_nothing(monkeypatch: 
     assert NvmlMemory().peak_mb() is None
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the SystemExit below
 def test_the_stall_watchdog_counts_from_the_start_of_training_not_from_its_creation() -> None:
     """A first pack, or a wait for other workers' packs, comes before training: it is no stall."""
     import threading
