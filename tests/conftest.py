@@ -55,11 +55,22 @@ ADMIN, ADMIN_PASSWORD = "admin", "admin-password-7f3a"
 USER, PASSWORD = "alice", "alice-password-91c2"
 
 
+def create_user(uri: str, username: str, password: str) -> None:
+    """A user of the basic-auth server, created by its admin."""
+    import requests
+
+    created = requests.post(
+        f"{uri}/api/2.0/mlflow/users/create",
+        json={"username": username, "password": password},
+        auth=(ADMIN, ADMIN_PASSWORD),
+        timeout=30,
+    )
+    assert created.ok, created.text
+
+
 @pytest.fixture(scope="session")
 def auth_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server --app-name basic-auth` on 127.0.0.1 with one team user, alice."""
-    import requests
-
     folder = tmp_path_factory.mktemp("auth-server")
     (folder / "auth.ini").write_text(
         "[mlflow]\n"
@@ -91,13 +102,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory):
     try:
         uri = f"http://127.0.0.1:{port}"
         wait_for_health(uri, timeout_s=180)
-        created = requests.post(
-            f"{uri}/api/2.0/mlflow/users/create",
-            json={"username": USER, "password": PASSWORD},
-            auth=(ADMIN, ADMIN_PASSWORD),
-            timeout=30,
-        )
-        assert created.ok, created.text
+        create_user(uri, USER, PASSWORD)
         yield uri
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # a graceful stop waits ~30 s on idle keep-alive clients

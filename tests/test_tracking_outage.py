@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ADMIN, ADMIN_PASSWORD, train_command
+from conftest import ADMIN, ADMIN_PASSWORD, create_user, train_command
 from helpers import free_ports, wait_for_health
 from loaderlab import PROJECT_ROOT
 
@@ -344,13 +344,7 @@ def test_a_changed_password_keeps_the_records_until_deliver_py_has_the_new_one(
     from loaderlab.run_log import RunLog
 
     user, password = "bob", "bob-password-4e8a"  # a user of its own: the server is the session's
-    created = requests.post(
-        f"{auth_server}/api/2.0/mlflow/users/create",
-        json={"username": user, "password": password},
-        auth=(ADMIN, ADMIN_PASSWORD),
-        timeout=30,
-    )
-    assert created.ok, created.text
+    create_user(auth_server, user, password)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     run_id, _ = new_run(auth_server, "password-changed")
