@@ -200,4 +200,4 @@ def pytest_terminal_summary(terminalreporter) -> None:
     docs = sys.modules.get("test_docs")
     if docs is not None and docs.SUMMARY:
         terminalreporter.write_sep("=", "docs: documented commands and links")
-        terminalreporter.write_line("\n".join(docs.SUMMARY))
+        terminalreporter.write_line("\n".join(line for lines in docs.SUMMARY.values() for line in lines))

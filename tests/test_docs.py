@@ -25,7 +25,7 @@ DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*
 SKIP_MARK = "# not checked here:"
 COMMAND = re.compile(r"\bpython (src/\w+\.py|-m loaderlab[\w.]*)((?:\s|$).*)")
 SHELL_OPERATORS = {"&", "&&", ";", "|", "||"}
-SUMMARY: list[str] = []  # printed at the end of the run (conftest)
+SUMMARY: dict[str, list[str]] = {}  # each check's lines, printed at the end of the run (conftest)
 
 
 def documented_lines(text: str) -> list[str]:
@@ -107,8 +107,8 @@ def test_every_documented_train_and_eval_command_composes(tmp_path: Path) -> Non
             OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # as --cfg job resolves
         except Exception as e:  # noqa: BLE001  each failure is collected and named below
             failures.append(f"{where}: {line}\n    {type(e).__name__}: {str(e).splitlines()[0]}")
-    SUMMARY.append(f"{checked} train.py/eval.py commands composed; {len(skipped)} skipped")
-    SUMMARY.extend(f"  skipped {s}" for s in skipped)
+    SUMMARY["compose"] = [f"{checked} train.py/eval.py commands composed; {len(skipped)} skipped"]
+    SUMMARY["compose"] += [f"  skipped {s}" for s in skipped]
     assert checked >= 20
     assert not failures, "\n".join(failures)
 
@@ -144,8 +144,8 @@ def test_every_other_documented_command_parses_its_arguments(monkeypatch: pytest
             pass
         except SystemExit as e:  # argparse's error: the documented arguments are wrong
             failures.append(f"{where}: {line}\n    the parser refused it (exit {e.code})")
-    SUMMARY.append(f"{checked} other commands parsed; {len(skipped)} skipped")
-    SUMMARY.extend(f"  skipped {s}" for s in skipped)
+    SUMMARY["parse"] = [f"{checked} other commands parsed; {len(skipped)} skipped"]
+    SUMMARY["parse"] += [f"  skipped {s}" for s in skipped]
     assert checked >= 8
     assert not failures, "\n".join(failures)
 
@@ -171,6 +171,6 @@ def test_every_relative_link_and_anchor_resolves() -> None:
                 failures.append(f"{where}: no such file")
             elif anchor and anchor not in anchors(linked.read_text()):
                 failures.append(f"{where}: no heading #{anchor} in {linked.name}")
-    SUMMARY.append(f"{checked} relative links and anchors resolved")
+    SUMMARY["links"] = [f"{checked} relative links and anchors resolved"]
     assert checked >= 20
     assert not failures, "\n".join(failures)
