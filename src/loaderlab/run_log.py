@@ -48,19 +48,24 @@ def rejected_path(journal: Path) -> Path:
     return journal.with_name(journal.name.replace("mlflow-journal-", "mlflow-rejected-"))
 
 
-def server_answers(uri: str, timeout_s: float = 5.0) -> bool:
-    """Whether an http(s) tracking server answers at all, asked through MLflow's own client (its
-    token, TLS and client-certificate settings); a local store is there whenever its disk is."""
-    if not uri.startswith(("http://", "https://")):
-        return True
+def http_status(uri: str, endpoint: str, timeout_s: float) -> int:
+    """The HTTP status a tracking server answers at endpoint, asked through MLflow's own client (its
+    token, TLS and client-certificate settings), with no retries; raises when it does not answer."""
     from mlflow.tracking._tracking_service.utils import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
+    answer = http_request(
+        get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout_s, raise_on_status=False
+    )
+    return answer.status_code
+
+
+def server_answers(uri: str, timeout_s: float = 5.0) -> bool:
+    """Whether an http(s) tracking server answers at all; a local store is there whenever its disk is."""
+    if not uri.startswith(("http://", "https://")):
+        return True
     try:
-        http_request(
-            get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout_s,
-            raise_on_status=False,
-        )  # fmt: skip
+        http_status(uri, "/health", timeout_s)
         return True
     except Exception:  # noqa: BLE001  no answer, whatever the transport says
         return False
@@ -99,6 +104,26 @@ def deliver_record(client: MlflowClient, run_id: str, record: dict[str, Any]) ->
         _register(client, run_id, record["register"], record["artifact_path"])
     elif "status" in record:
         client.set_terminated(run_id, record["status"], end_time=record.get("end_time"))
+
+
+def send(
+    client: MlflowClient, uri: str, run_id: str, journal: Path, record: dict[str, Any]
+) -> tuple[bool, BaseException | None]:
+    """Deliver one journal record: (done with it, its error). Done and no error: on the server; done
+    with an error: rejected, and kept aside; not done: an outage, the record to be sent again.
+
+    The server is asked first, so a caller waits in its own loop, not inside MLflow's retries
+    (minutes); only a call already under way when the server goes away sits in those."""
+    if not server_answers(uri):
+        return False, NoAnswerError(uri)
+    try:
+        deliver_record(client, run_id, record)
+    except Exception as e:  # noqa: BLE001  judged here: a rejection, or an outage
+        if not is_rejection(e):
+            return False, e
+        keep_aside(journal, record, e)
+        return True, e
+    return True, None
 
 
 def _register(client: MlflowClient, run_id: str, name: str, artifact_path: str) -> None:
@@ -311,24 +336,13 @@ class RunLog:
                 if self._delivered in self._superseded:
                     self._delivered += 1
                     continue
-            # Asked before each delivery, so the thread waits here, not inside MLflow's own retries
-            # (minutes); only a call already under way when the server goes away sits in those.
-            error: BaseException | None = None
-            if server_answers(self.uri):
-                try:
-                    deliver_record(client, self.run_id, record)
-                except Exception as e:  # noqa: BLE001  judged below: a rejection, or an outage
-                    error = e
-            else:
-                error = NoAnswerError(self.uri)
-            if error is not None and not is_rejection(error):
+            done, error = send(client, self.uri, self.run_id, self.path, record)
+            if not done:
                 self._note_outage(error)
                 attempts += 1
                 with self._cond:  # backoff, capped at retry_s; close() wakes it to check its deadline
                     self._cond.wait_for(self._done, timeout=min(self.retry_s, 0.5 * 2**attempts))
                 continue
-            if error is not None:
-                keep_aside(self.path, record, error)
             attempts = 0
             self._note_back()
             with self._cond:
@@ -411,16 +425,11 @@ def deliver_journal(path: Path) -> tuple[int, int]:
         offset_file = Path(path).with_suffix(".delivered")
         client, rejected = MlflowClient(header["uri"]), 0
         for record in records[delivered:]:
-            if not server_answers(header["uri"]):
+            done, error = send(client, header["uri"], header["run_id"], Path(path), record)
+            if not done:
+                log.warning("%s: the server does not take records now (%s)", path, _short(error))
                 break
-            try:
-                deliver_record(client, header["run_id"], record)
-            except Exception as e:  # noqa: BLE001  a rejection is kept aside; anything else stops here
-                if not is_rejection(e):
-                    log.warning("%s: the server does not take records now (%s)", path, _short(e))
-                    break
-                keep_aside(Path(path), record, e)
-                rejected += 1
+            rejected += error is not None
             delivered += 1
             _write_atomic(offset_file, str(delivered))
             if "status" in record and header.get("parent_run_id"):

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.storage import redact
-from loaderlab.run_log import RunLog
+from loaderlab.run_log import RunLog, http_status
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,8 @@ def check_reachable(uri: str, timeout_s: float = 30.0) -> None:
     Asked through MLflow's own client, so its token, TLS and client-certificate settings apply."""
     if not uri.startswith(("http://", "https://")):
         return
-    from mlflow.tracking._tracking_service.utils import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    def ask(endpoint: str) -> int:
-        answer = http_request(
-            get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout_s,
-            raise_on_status=False,
-        )  # fmt: skip
-        return answer.status_code
-
     try:
-        ask("/health")
+        http_status(uri, "/health", timeout_s)
     except Exception as e:  # noqa: BLE001  no answer, whatever the transport says
         raise TrackingUnavailableError(
             f"MLflow tracking server {uri} cannot be reached ({type(e).__name__}). Start it (e.g. "
@@ -64,7 +54,7 @@ def check_reachable(uri: str, timeout_s: float = 30.0) -> None:
         ) from None
     # /health answers everyone; an API call shows whether a server with authentication lets us in.
     try:
-        status = ask("/api/2.0/mlflow/experiments/search?max_results=1")
+        status = http_status(uri, "/api/2.0/mlflow/experiments/search?max_results=1", timeout_s)
     except Exception as e:  # noqa: BLE001
         raise TrackingUnavailableError(f"MLflow tracking server {uri} stopped answering ({e}).") from None
     if status in (401, 403):
