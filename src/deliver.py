@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import loaderlab  # noqa: F401  registers the ${project_root:} resolver
-from loaderlab.run_log import CREDENTIALS_HINT, JOURNAL_GLOB, deliver_journal, rejected_path
+from loaderlab.journal import JOURNAL_GLOB, rejected_path
+from loaderlab.run_log import CREDENTIALS_HINT, deliver_journal
 from loaderlab.utils.paths import OUTPUTS
 
 

@@ -256,7 +256,8 @@ def test_a_torn_last_line_is_dropped_and_the_run_resumes(server: Server, tmp_pat
     )
     done = subprocess.run([sys.executable, "-c", killed, server.uri, run_id, str(tmp_path)], timeout=300)
     assert done.returncode == -signal.SIGKILL
-    from loaderlab.run_log import RunLog, journal_path
+    from loaderlab.journal import journal_path
+    from loaderlab.run_log import RunLog
 
     assert not journal_path(tmp_path, run_id).read_text().endswith("\n")  # torn
     run_log = RunLog(server.uri, run_id, tmp_path, retry_s=0.2)  # the resumed job
@@ -267,7 +268,8 @@ def test_a_torn_last_line_is_dropped_and_the_run_resumes(server: Server, tmp_pat
 
 
 def test_an_earlier_jobs_end_status_does_not_end_the_resumed_run(server: Server, tmp_path: Path) -> None:
-    from loaderlab.run_log import RunLog, journal_path
+    from loaderlab.journal import journal_path
+    from loaderlab.run_log import RunLog
 
     run_id, _ = new_run(server.uri, "leftover-status")
     journal = journal_path(tmp_path, run_id)
@@ -306,7 +308,8 @@ def test_a_rejected_record_is_kept_aside_and_the_rest_delivered_late(
     """A param that conflicts with the server, in a journal left by a run that ended during an outage:
     deliver.py delivers every other record, with the job's own end time, keeps the bad one aside and
     names it, and settles the sweep's parent."""
-    from loaderlab.run_log import RunLog, rejected_path
+    from loaderlab.journal import rejected_path
+    from loaderlab.run_log import RunLog
 
     run_id, parent_id = new_run(server.uri, "rejected-record", parent=True)
     run_log = RunLog(server.uri, run_id, tmp_path, retry_s=0.2, parent_run_id=parent_id)

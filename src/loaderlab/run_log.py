@@ -10,11 +10,9 @@ that delivers it later: `python src/deliver.py <run folder>`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
-import os
 import threading
 import time
 import traceback
@@ -25,8 +23,18 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from loaderlab.journal import (
+    JournalLock,
+    drop_torn_tail,
+    journal_path,
+    keep_aside,
+    read_journal,
+    read_json,
+    short,
+    write_atomic,
+)
+
 log = logging.getLogger(__name__)
-JOURNAL_GLOB = "mlflow-journal-*.jsonl"
 _BATCH = 100  # MLflow takes at most 100 params or tags per log_batch call
 # The answers that reject a record itself (a param that conflicts, a deleted run): the record is
 # kept aside and delivery goes on. Every other failure (401, 403, 429, 5xx, "database is locked",
@@ -36,16 +44,6 @@ CREDENTIALS_HINT = (
     "If the server asks for a login, set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
     "(or MLFLOW_TRACKING_TOKEN) to credentials it accepts."
 )
-
-
-def journal_path(folder: Path, run_id: str) -> Path:
-    """The journal of one run in a job's folder."""
-    return Path(folder) / f"mlflow-journal-{run_id}.jsonl"
-
-
-def rejected_path(journal: Path) -> Path:
-    """Where a journal's records that the server rejected are kept, each with its error."""
-    return journal.with_name(journal.name.replace("mlflow-journal-", "mlflow-rejected-"))
 
 
 def http_status(uri: str, endpoint: str, timeout_s: float) -> int:
@@ -142,46 +140,6 @@ def _register(client: MlflowClient, run_id: str, name: str, artifact_path: str) 
     client.create_model_version(name, source, run_id)
 
 
-class JournalLock:
-    """An exclusive lock on a journal, held by whoever delivers it: the job that writes it, or
-    deliver.py. Taken on the journal file itself, so it goes when the journal goes."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file: Any = None
-
-    def acquire(self, wait: bool, create: bool = False) -> bool:
-        """Take the lock (waiting for it, or not); False if another process holds it or the journal
-        is gone (delivered and removed meanwhile). `create`: make an empty journal if there is none."""
-        while True:
-            try:
-                descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0))
-            except FileNotFoundError:
-                return False
-            handle = os.fdopen(descriptor, "a")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                handle.close()
-                return False
-            try:  # the holder may have delivered and removed the journal while we waited
-                same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._file = handle
-                return True
-            handle.close()
-            if not wait or not self.path.exists():
-                return False
-
-    def release(self) -> None:
-        """Let go of the lock."""
-        if self._file is not None:
-            self._file.close()  # closing the file releases the flock
-            self._file = None
-
-
 class RunLog:
     """The journal of one MLflow run and the thread that delivers it, in order, through any outage."""
 
@@ -201,7 +159,7 @@ class RunLog:
             log.warning("Waiting for deliver.py, which is delivering %s, to finish.", self.path)
             self._lock.acquire(wait=True, create=True)
         if self.path.stat().st_size:  # a resumed run: what an earlier job could not deliver goes first
-            _drop_torn_tail(self.path)  # else this job's first record would extend a crash's cut-off line
+            drop_torn_tail(self.path)  # else this job's first record would extend a crash's cut-off line
             _, self._records, self._delivered = read_journal(self.path)
             # Delivered now, an earlier job's end status would end the run while this job trains.
             left = range(self._delivered, len(self._records))
@@ -209,7 +167,7 @@ class RunLog:
         else:
             header = {"uri": uri, "run_id": run_id, "parent_run_id": parent_run_id}
             self.path.write_text(json.dumps(header) + "\n")  # the file the lock holds: same inode
-        self._lowest: dict[str, float] = _read_json(self._lowest_file, {})
+        self._lowest: dict[str, float] = read_json(self._lowest_file, {})
         self._cond = threading.Condition()
         self._closing_since: float | None = None  # set by close(): deliver while the server answers
         self._wait_s = math.inf
@@ -235,7 +193,7 @@ class RunLog:
         self._append({"metrics": numbers, "step": step, "timestamp": int(time.time() * 1000)})
         if lower:
             self._lowest |= lower
-            _write_atomic(self._lowest_file, json.dumps(self._lowest))
+            write_atomic(self._lowest_file, json.dumps(self._lowest))
 
     def text(self, text: str, artifact_file: str) -> None:
         """Log a text artifact."""
@@ -347,7 +305,7 @@ class RunLog:
             self._note_back()
             with self._cond:
                 self._delivered += 1
-                _write_atomic(self._offset_file, str(self._delivered))
+                write_atomic(self._offset_file, str(self._delivered))
 
     def _note_outage(self, error: BaseException) -> None:
         if self._outage_since is None:
@@ -356,7 +314,7 @@ class RunLog:
             log.warning(
                 "The tracking server %s %s; training goes on, and what it logs waits in %s until it "
                 "takes it.%s",
-                self.uri, "does not answer" if silent else f"does not take records now ({_short(error)})",
+                self.uri, "does not answer" if silent else f"does not take records now ({short(error)})",
                 self.path, "" if silent else f" {CREDENTIALS_HINT}",
             )  # fmt: skip
 
@@ -369,46 +327,8 @@ class RunLog:
             self._outage_since = None
 
 
-def keep_aside(journal: Path, record: dict[str, Any], error: BaseException) -> Path:
-    """Move a record the server rejected into the run folder's rejected file, with its error."""
-    target = rejected_path(journal)
-    with target.open("a") as out:
-        out.write(json.dumps({"error": _short(error), "record": record}) + "\n")
-    log.error(
-        "MLflow rejected a record of %s (%s); it is kept in %s: %.200s",
-        journal.name, _short(error), target, json.dumps(record),
-    )  # fmt: skip
-    return target
-
-
 class NoAnswerError(ConnectionError):
     """The tracking server does not answer at all."""
-
-
-class JournalError(RuntimeError):
-    """A journal that cannot be read at all (no header)."""
-
-
-def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-    """A journal's header, its records and how many of them were delivered. A torn last line (a
-    crash mid-append) is dropped with a warning: it was never acknowledged to the job."""
-    lines = path.read_text().split("\n")
-    records = []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line:
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if any(rest for rest in lines[number:]):  # not the last line: the file is damaged
-                raise JournalError(f"{path}: line {number} is not a record: {line[:80]!r}") from None
-            log.warning("%s: its last line was cut off mid-write (a crash); dropping it: %.80s", path, line)
-    try:
-        header = json.loads(lines[0])
-    except ValueError:
-        raise JournalError(f"{path}: its first line is not a journal header.") from None
-    offset = _read_json(path.with_suffix(".delivered"), 0)
-    return header, records, min(int(offset), len(records))
 
 
 def deliver_journal(path: Path) -> tuple[int, int]:
@@ -427,11 +347,11 @@ def deliver_journal(path: Path) -> tuple[int, int]:
         for record in records[delivered:]:
             done, error = send(client, header["uri"], header["run_id"], Path(path), record)
             if not done:
-                log.warning("%s: the server does not take records now (%s)", path, _short(error))
+                log.warning("%s: the server does not take records now (%s)", path, short(error))
                 break
             rejected += error is not None
             delivered += 1
-            _write_atomic(offset_file, str(delivered))
+            write_atomic(offset_file, str(delivered))
             if "status" in record and header.get("parent_run_id"):
                 _settle_parent(header["uri"], header["parent_run_id"])
         left = len(records) - delivered
@@ -449,30 +369,4 @@ def _settle_parent(uri: str, parent_run_id: str) -> None:
     try:
         settle_parent(uri, parent_run_id)
     except Exception as e:  # noqa: BLE001  the child's own status is delivered; the sweep's end settles it
-        log.warning("Could not bring the sweep's parent run %s up to date: %s", parent_run_id, _short(e))
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a crash's half-written last line off the journal (in place: the lock is on this file)."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        log.warning("%s: its last line was cut off mid-write (a crash); dropping it.", path)
-        os.truncate(path, data.rfind(b"\n") + 1)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a small file whole or not at all (a crash never leaves it empty or torn)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path, default: Any) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
-
-
-def _short(error: BaseException) -> str:
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+        log.warning("Could not bring the sweep's parent run %s up to date: %s", parent_run_id, short(e))
