@@ -75,14 +75,16 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def wait_for_health(uri: str, timeout_s: float = 60) -> None:
-    """Return once `uri`/health answers; re-raise the last error after timeout_s."""
+def wait_for_health(uri: str, timeout_s: float = 60, path: str = "/health", process=None) -> None:
+    """Return once `uri` + path answers; re-raise the last error after timeout_s, and fail at once
+    if `process` (the server's, when given) has exited."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+            with urllib.request.urlopen(f"{uri}{path}", timeout=5):
                 return
         except OSError:
+            assert process is None or process.poll() is None, f"the server exited ({process.args[:6]})"
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)

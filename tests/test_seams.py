@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from conftest import CONF_DIR, compose_config
-from helpers import free_ports
+from helpers import free_ports, wait_for_health
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.folder import folder_manifest
 
@@ -333,7 +333,7 @@ def test_the_rest_server_scores_paths_and_names_a_missing_file(seams_store: str,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_ping(url, server)
+        wait_for_health(url, timeout_s=300, path="/ping", process=server)  # TF loads slowly
         status, answer = invoke(url, case["paths"])
         assert status == 200 and len(answer["predictions"]) == len(case["paths"])
         missing = str(tmp_path / "no-such-photo.jpg")
@@ -344,20 +344,6 @@ def test_the_rest_server_scores_paths_and_names_a_missing_file(seams_store: str,
     finally:
         os.killpg(server.pid, 9)  # a test server: a graceful stop waits on idle keep-alive clients
         server.wait(timeout=60)
-
-
-def wait_for_ping(url: str, server: subprocess.Popen, timeout_s: float = 300) -> None:
-    """Return once the scoring server answers /ping (loading TensorFlow takes a while on a busy machine)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=5):
-                return
-        except OSError:
-            assert server.poll() is None, "mlflow models serve exited"
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def invoke(url: str, paths: list[str]) -> tuple[int, dict]:
