@@ -41,6 +41,7 @@ class PackedLoader(Loader):
         prefetch: int = 2,
         root: str | None = None,
         progress: bool = True,
+        autotune: bool = False,
     ):
         if not 1 <= quality <= 100:
             raise ValueError(f"loader.quality must be between 1 and 100. Received: quality={quality}")
@@ -59,6 +60,7 @@ class PackedLoader(Loader):
         self.prefetch = prefetch
         self.root = Path(root) if root else OUTPUTS / "packed"
         self.progress = progress
+        self.autotune = autotune
 
     def pack(self, split: Split, decoder: ImageDecoder, training: bool) -> Pack:
         """The split's pack, written now unless an identical one exists; bad files follow the policy."""
@@ -132,4 +134,8 @@ class PackedLoader(Loader):
         )
         # Records carry no count TensorFlow can see; Keras needs it for steps and progress.
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(pack.records, batch_size)))
-        return ds.prefetch(self.prefetch)
+        options = tf.data.Options()
+        # Every parallelism here is set; with autotuning on, about a third of the passes still ran on
+        # one core (docs/packs.md, "The one-core passes").
+        options.autotune.enabled = self.autotune
+        return ds.prefetch(self.prefetch).with_options(options)
