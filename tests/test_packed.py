@@ -3,6 +3,7 @@ its pixels are the spec's up to one JPEG re-encode."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from helpers import make_folder_dataset, photo_like
 from loaderlab.data.folder import folder_manifest, scan_class_folders
 from loaderlab.data.manifest import make_split
-from loaderlab.data.pack import META
+from loaderlab.data.pack import META, PROGRESS, stored_images
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec, decode_resize
+from loaderlab.loaders.decode import decode_bytes
 from loaderlab.loaders.packed import PackedLoader
 
 # Measured by the test below: 38.9 dB (12 photo-like 1200x900 JPEGs to 224 px, quality 90 at 4:4:4).
@@ -62,15 +64,19 @@ def test_a_pack_is_reused_until_a_source_split_or_size_changes(tmp_path: Path, t
     assert loader.pack(split, decoder, training=True).folder != before.folder  # a changed file
 
 
-def test_an_interrupted_pack_is_never_read(tmp_path: Path, tiny_root: Path, monkeypatch) -> None:
+def test_an_interrupted_pack_resumes_from_its_last_finished_shard(
+    tmp_path: Path, tiny_root: Path, monkeypatch
+) -> None:
     from loaderlab.data import pack as pack_module
 
     split = folder_manifest(str(tiny_root), val_fraction=0.25).train
-    loader, decoder = PackedLoader(root=str(tmp_path), progress=False), ImageDecoder(ImageSpec(16, 16))
+    decoder = ImageDecoder(ImageSpec(16, 16))
+    shard_mb = 3000 / 2**20  # a few records per shard
+    loader = PackedLoader(root=str(tmp_path / "a"), shard_mb=shard_mb, progress=False)
     real, written = pack_module._example, []
 
     def interrupted(*args):
-        if len(written) == 10:
+        if len(written) == len(split) // 2:
             raise KeyboardInterrupt
         written.append(1)
         return real(*args)
@@ -78,10 +84,20 @@ def test_an_interrupted_pack_is_never_read(tmp_path: Path, tiny_root: Path, monk
     monkeypatch.setattr(pack_module, "_example", interrupted)
     with pytest.raises(KeyboardInterrupt):
         loader.pack(split, decoder, training=True)
-    assert list(tmp_path.iterdir()) == []  # no pack, and no half-written folder left
-    monkeypatch.setattr(pack_module, "_example", real)
+    folders = [p for p in (tmp_path / "a").iterdir() if p.name != ".locks"]
+    assert len(folders) == 1 and not (folders[0] / META).exists()  # never read half-written
+    progress = json.loads((folders[0] / PROGRESS).read_text())
+    finished = sum(shard["records"] for shard in progress["shards"])
+    assert len(progress["shards"]) >= 2 and 0 < finished <= len(split) // 2
+    assert not list(folders[0].glob("*.partial"))  # the open shard was dropped
+
+    monkeypatch.setattr(pack_module, "_example", lambda *a: written.append(1) or real(*a))
+    written.clear()
     pack = loader.pack(split, decoder, training=True)
-    assert not pack.reused and pack.records == len(split) and (pack.folder / META).exists()
+    assert not pack.reused and pack.records == len(split) and (folders[0] / META).exists()
+    assert len(written) == len(split) - finished  # only what no finished shard held
+    whole = PackedLoader(root=str(tmp_path / "b"), shard_mb=shard_mb, progress=False)
+    assert stored_images(pack) == stored_images(whole.pack(split, decoder, training=True))
 
 
 def test_batches_mix_the_classes_of_a_class_sorted_source(tmp_path: Path) -> None:
@@ -114,6 +130,9 @@ def test_packed_pixels_are_the_specs_up_to_one_re_encode(tmp_path: Path) -> None
     db = psnr(images, reference)
     print(f"\nPSNR packed vs spec path: {db:.1f} dB (floor {PSNR_FLOOR_DB})")
     assert db >= PSNR_FLOOR_DB
+    # Stored at the input size, records decode in TensorFlow's graph: the shared decoder's pixels exactly.
+    stored = [decode_bytes(r, spec) for r in stored_images(loader.pack(split, ImageDecoder(spec), False))]
+    assert np.array_equal(images, np.stack(stored))
 
 
 @pytest.mark.parametrize("policy", ["error", "skip"])

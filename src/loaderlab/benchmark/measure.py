@@ -71,6 +71,7 @@ def measure_entry(
     sampler.interval_s = _sampling_interval(sampler)
     sampler.start()
     extra: dict[str, float] = {}  # a loader's one-time costs; the limit's one-core rate
+    loader = None
     try:
         if name == DECODE_LIMIT:
             sources = _limit_sources(split, decoder)
@@ -80,9 +81,18 @@ def measure_entry(
                 raise ValueError(f"{KERAS_FROM_DIRECTORY} reads local folders only, not {root}.")
             run_pass, params = _fit_pass_runner({"x": _keras_from_directory(root, input_size, batch_size)})
         else:
-            run_pass, params, costs = _loader_pass(name, overrides, conf_dir, split, decoder, batch_size)
+            run_pass, params, costs, loader = _loader_pass(
+                name, overrides, conf_dir, split, decoder, batch_size
+            )
             extra.update(costs)
         rates, images = _timed_passes(run_pass, passes, after_pass=sampler.sample)
+        if hasattr(loader, "pack"):  # a packed loader: the limit of the JPEGs it stores, as well
+            from loaderlab.data.pack import stored_images
+
+            stored = stored_images(loader.pack(split, decoder, training=True))
+            one_core, _ = _timed_passes(_decode_limit_pass(stored, spec), passes)
+            extra["stored_limit_images_per_sec"] = mean_rate(one_core) * cores
+            extra["ratio_to_stored_limit"] = mean_rate(rates) / extra["stored_limit_images_per_sec"]
     finally:
         peak = sampler.stop()
     if name == DECODE_LIMIT:  # one thread's rate; the limit is that rate on every core
@@ -276,9 +286,9 @@ def _keras_from_directory(root: str, input_size: int, batch_size: int) -> Any:
 
 def _loader_pass(
     name: str, overrides: list[str], conf_dir: Path, split: Any, decoder: Any, batch_size: int
-) -> tuple[Callable[[], int], dict[str, Any], dict[str, float]]:
-    """One training pass of a loader built from its composed config, its knobs as params, and what
-    making its feed cost once (a pack's writing): kept apart from the timed passes."""
+) -> tuple[Callable[[], int], dict[str, Any], dict[str, float], Any]:
+    """One training pass of a loader built from its composed config, its knobs as params, what
+    making its feed cost once (a pack's writing, kept apart from the timed passes), and the loader."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -288,7 +298,7 @@ def _loader_pass(
     if loader.streaming:
         feed = loader.feed(split, decoder, batch_size, training=True, seed=SEED)
         run_pass, path = _fit_pass_runner(feed.fit_kwargs())
-        return run_pass, params | path, feed.metrics
+        return run_pass, params | path, feed.metrics, loader
     held: list[Any] = []
 
     def run_pass() -> int:
@@ -297,4 +307,4 @@ def _loader_pass(
         held.append(loader.feed(split, decoder, batch_size, training=True, seed=SEED))
         return len(held[0].y)  # held until the sample after the pass has seen it
 
-    return run_pass, params, {}
+    return run_pass, params, {}, loader

@@ -1,12 +1,16 @@
 """A pack: one split written once as TFRecord shards of images re-encoded at the size training reads.
 
 Photo-sized JPEGs cost their full entropy decode every epoch, even at a reduced libjpeg scale; a pack
-pays it once. It is derived data, not a dataset: written under outputs/packed/<fingerprint>/, where
-the fingerprint covers each source file (path, size, mtime), its label, the split and how images are
-stored, so a changed file, split or size makes a new pack and an unchanged one is reused. A training
-pack's records are written in a seeded random order, so every shard mixes the classes of a
-class-sorted source; a validation pack keeps the manifest's order. A pack is written in a temporary
-folder and renamed when complete: an interrupted pack is never read.
+pays it once. It is derived data, not a dataset: written under `loader.root` (a folder, or any fsspec
+URL such as s3://bucket/packs) as `<fingerprint>/`, where the fingerprint covers each source file
+(path, size, mtime or ETag), its label, the split and how images are stored, so a changed file,
+split or size makes a new pack and an unchanged one is reused by every job that can reach the root.
+
+A training pack's records are written in a seeded random order, so every shard mixes the classes of
+a class-sorted source; a validation pack keeps the manifest's order. Shards are committed one by
+one (`progress.json` names those finished), so an interrupted pack resumes from its last finished
+shard; `pack.json` is written last and only a pack that has it is read. One job writes a pack while
+others that need it wait (data/pack_root.py).
 """
 
 from __future__ import annotations
@@ -16,28 +20,35 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
+import posixpath
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from loaderlab.data.manifest import Split
+from loaderlab.data.pack_root import PackRoot, hold_to_write
 from loaderlab.data.storage import Storage, is_url
 from loaderlab.loaders.decode import BadImageError, ImageSpec, decode_bytes, decode_resize, remote_bytes
 from loaderlab.utils.system import usable_cores
 
 log = logging.getLogger(__name__)
-PACK_FORMAT = 1  # bump when the record layout changes: old packs are then not reused
+PACK_FORMAT = 2  # bump when the record layout changes: old packs are then not reused
 META = "pack.json"  # written last: its presence means the pack is complete
+PROGRESS = "progress.json"  # the shards committed so far, while a pack is written
 SAMPLING = {  # chroma subsampling by name
     "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
     "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
 }
+VERIFY_HINT = "python src/packs.py verify --root {root}"
+
+
+class PackError(RuntimeError):
+    """A pack cannot be read as it is; the message names the pack and the command that checks it."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,20 @@ class PackSpec:
 
 @dataclass
 class Pack:
-    """A complete pack on disk, and what writing it cost (or that it was reused)."""
+    """A complete pack, and what writing it cost (or that it was reused)."""
 
-    folder: Path
-    shards: list[str]
+    folder: str  # under the root: a local path or a URL
+    shards: list[str]  # their paths or URLs, in the order written
     records: int
     nbytes: int
     seconds: float  # the time it took to write; 0 when reused
     reused: bool
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) under on_bad_image=skip
+    meta: dict = field(default_factory=dict)  # pack.json
+
+    @property
+    def fingerprint(self) -> str:
+        return posixpath.basename(self.folder.rstrip("/"))
 
 
 def fingerprint(
@@ -101,97 +117,215 @@ def pack_split(
     split: Split,
     split_name: str,
     spec: PackSpec,
-    root: Path,
+    root: str | Path,
     on_bad_image: str = "error",
     workers: int | None = None,
     progress: bool = True,
     storage: Storage | None = None,
 ) -> Pack:
-    """The split's pack under root: reused when its fingerprint is there, else written with every core.
+    """The split's pack under root: reused when its fingerprint is there, else written with every core
+    (resuming an interrupted one), while any other job that needs it waits.
 
     Sources at URLs are fetched here, `storage.concurrency` at a time, and encoded by the workers.
     """
     storage = storage or Storage()
-    folder = Path(root) / fingerprint(split, split_name, spec, storage, on_bad_image)
-    if (folder / META).exists():
-        return _read_meta(folder, reused=True)
-    start = time.perf_counter()
-    tmp = Path(root) / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        skipped = _write_shards(
-            split, split_name, spec, tmp, on_bad_image, workers or usable_cores(), progress, storage
-        )
-        meta = {"records": len(split) - len(skipped), "seconds": time.perf_counter() - start}
-        (tmp / META).write_text(json.dumps(meta | {"skipped": skipped, "split": split_name}))
-        try:
-            os.rename(tmp, folder)  # atomic: the pack appears complete or not at all
-        except OSError:  # another job wrote the same pack meanwhile: use theirs
-            if not (folder / META).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _read_meta(folder, reused=False)
+    place = PackRoot(root, storage)
+    fingerprint_ = fingerprint(split, split_name, spec, storage, on_bad_image)
+    folder = place.path(fingerprint_)
+    if (meta := place.read_json(place.path(fingerprint_, META))) is not None:
+        return _opened(place, folder, meta, reused=True)
+
+    def done() -> bool:
+        return place.read_json(place.path(fingerprint_, META)) is not None
+
+    with hold_to_write(place, fingerprint_, done) as writing:
+        if writing:
+            start = time.perf_counter()
+            meta = _write(place, folder, split, split_name, spec, on_bad_image, workers, progress)
+            meta["seconds"] = time.perf_counter() - start
+            place.write_json(place.path(fingerprint_, META), meta)  # last: the pack is complete
+            place.remove(place.path(fingerprint_, PROGRESS))
+    meta = place.read_json(place.path(fingerprint_, META))
+    return _opened(place, folder, meta, reused=not writing)
 
 
-def _read_meta(folder: Path, reused: bool) -> Pack:
-    meta = json.loads((folder / META).read_text())
-    shards = sorted(str(p) for p in folder.glob("*.tfrecord"))
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _opened(place: PackRoot, folder: str, meta: dict, reused: bool) -> Pack:
+    """A complete pack checked against its pack.json (each shard there, at its size); its last use noted."""
+    found = place.sizes(folder)
+    for shard in meta["shards"]:
+        size = found.get(shard["name"])
+        if size != shard["bytes"]:
+            state = "missing" if size is None else f"{size} bytes, {shard['bytes']} recorded"
+            raise PackError(
+                f"Pack {folder} is damaged: shard {shard['name']} is {state}. Check every pack with "
+                f"{VERIFY_HINT.format(root=place.url)}; delete this one there (packs.py clean) to rebuild it."
+            )
+    if reused:
+        meta = meta | {"last_used": _now()}
+        place.write_json(posixpath.join(folder, META), meta)
     return Pack(
         folder=folder,
-        shards=shards,
+        shards=[posixpath.join(folder, shard["name"]) for shard in meta["shards"]],
         records=meta["records"],
-        nbytes=sum(os.path.getsize(s) for s in shards),
+        nbytes=sum(shard["bytes"] for shard in meta["shards"]),
         seconds=0.0 if reused else meta["seconds"],
         reused=reused,
         skipped=[tuple(s) for s in meta["skipped"]],
+        meta=meta,
     )
+
+
+def _write(
+    place: PackRoot,
+    folder: str,
+    split: Split,
+    split_name: str,
+    spec: PackSpec,
+    on_bad_image: str,
+    workers: int | None,
+    progress: bool,
+) -> dict:
+    """Write (or finish) the pack's shards; pack.json's content, but for the time it took."""
+    committed = place.read_json(posixpath.join(folder, PROGRESS)) or {"shards": [], "skipped": [], "end": 0}
+    if committed["end"]:
+        log.info("Resuming pack %s after %d finished shards", folder, len(committed["shards"]))
+    staging = _staging(place, folder)
+    try:
+        _write_shards(
+            split, split_name, spec, place, folder, staging, committed, on_bad_image,
+            workers or usable_cores(), progress,
+        )  # fmt: skip
+    finally:
+        for leftover in staging.glob("*.partial"):
+            leftover.unlink(missing_ok=True)
+    paths = split.paths
+    source = posixpath.commonpath(paths) if is_url(paths[0]) else os.path.commonpath(paths) if paths else ""
+    return {
+        "format": PACK_FORMAT,
+        "fingerprint": posixpath.basename(folder),
+        "source": source,
+        "source_files": len(paths),
+        "split": split_name,
+        "spec": {
+            "stored": list(spec.stored.shape),
+            "scaled_decode": spec.stored.scaled_decode,
+            "quality": spec.quality,
+            "subsampling": spec.subsampling,
+            "shard_mb": spec.shard_mb,
+            "on_bad_image": on_bad_image,
+        },
+        "created": _now(),
+        "last_used": _now(),
+        "records": sum(shard["records"] for shard in committed["shards"]),
+        "shards": committed["shards"],
+        "skipped": committed["skipped"],
+    }
+
+
+def _staging(place: PackRoot, folder: str) -> Path:
+    """Where shards are written before they are committed: the pack's own folder when it is local,
+    else this machine's cache of that pack (the writer then reads its shards without fetching them)."""
+    from loaderlab.data.pack_cache import cache_folder
+
+    staging = Path(folder) if not place.remote else cache_folder(posixpath.basename(folder))
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
 
 
 def _write_shards(
     split: Split,
     split_name: str,
     spec: PackSpec,
-    folder: Path,
+    place: PackRoot,
+    folder: str,
+    staging: Path,
+    committed: dict,
     on_bad_image: str,
     workers: int,
     progress: bool,
-    storage: Storage,
-) -> list[tuple[str, str]]:
-    """Encode the split and write its records, rolling shards at shard_mb."""
+) -> None:
+    """Encode the split from where `committed` ends and commit a shard each shard_mb: the shard in
+    place first, then progress.json naming it (a shard that progress.json does not name is rewritten)."""
     import tensorflow as tf
 
     shuffled = split_name == "train"
     order = np.random.default_rng(0).permutation(len(split)) if shuffled else np.arange(len(split))
-    tasks = _sources([(split.paths[i], int(split.labels[i])) for i in order], spec, storage)
+    begin = committed["end"]
+    tasks = _sources([(split.paths[i], int(split.labels[i])) for i in order[begin:]], spec, place.storage)
     bar = None
     if progress:
         from keras.utils import Progbar
 
-        print(f"Packing {len(order)} images at {spec.stored.height}x{spec.stored.width} into {folder.parent}")
+        print(f"Packing {len(order)} images at {spec.stored.height}x{spec.stored.width} into {place.url}")
         bar = Progbar(len(order), unit_name="image")
-    skipped: list[tuple[str, str]] = []
-    writer, shard, written = None, 0, 0.0
+    state = {"writer": None, "file": None, "records": 0, "bytes": 0.0, "skipped": []}
+
+    def commit(end: int) -> None:
+        state["writer"].close()
+        name = state["file"].name.removesuffix(".partial")
+        size = state["file"].stat().st_size
+        digest = file_sha256(state["file"])
+        if place.remote:
+            state["file"].rename(staging / name)  # the local copy is the writer's cache
+            place.put(staging / name, posixpath.join(folder, name))
+        else:
+            place.put(state["file"], posixpath.join(folder, name))
+        entry = {"name": name, "records": state["records"], "bytes": size, "sha256": digest}
+        committed["shards"].append(entry)
+        committed["skipped"] += state["skipped"]  # with its shard: a resumed pack skips them again
+        committed["end"] = end
+        place.write_json(posixpath.join(folder, PROGRESS), committed)
+        state.update(writer=None, file=None, records=0, bytes=0.0, skipped=[])
+
+    encoded = _encoded(tasks, len(order) - begin, workers)
     try:
-        for done, (path, label, data, reason) in enumerate(_encoded(tasks, len(order), workers), start=1):
+        for done, (path, label, data, reason) in enumerate(encoded, start=begin + 1):
             if data is None:
                 if on_bad_image == "error":
                     raise BadImageError(path, reason)
-                skipped.append((path, reason))
-                continue
-            if writer is None or written >= spec.shard_mb * 2**20:
-                if writer is not None:
-                    writer.close()
-                writer, written = tf.io.TFRecordWriter(str(folder / f"{shard:05d}.tfrecord")), 0.0
-                shard += 1
-            writer.write(_example(data, label, path))
-            written += len(data)
+                state["skipped"].append((path, reason))
+            else:
+                if state["writer"] is None:
+                    state["file"] = staging / f"{len(committed['shards']):05d}.tfrecord.partial"
+                    state["writer"] = tf.io.TFRecordWriter(str(state["file"]))
+                state["writer"].write(_example(data, label, path))
+                state["records"] += 1
+                state["bytes"] += len(data)
+            full = state["bytes"] >= spec.shard_mb * 2**20
+            if state["writer"] is not None and (full or done == len(order)):
+                commit(done)
             if bar is not None and (done % 256 == 0 or done == len(order)):
                 bar.update(done)
     finally:
-        if writer is not None:
-            writer.close()
-    return skipped
+        if state["writer"] is not None:
+            state["writer"].close()
+    if committed["end"] < len(order):  # the last images were all skipped: nothing left to commit
+        committed["skipped"] += state["skipped"]
+        committed["end"] = len(order)
+        place.write_json(posixpath.join(folder, PROGRESS), committed)
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 4 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stored_images(pack: Pack) -> list[bytes]:
+    """A pack's own JPEGs, in the order written (from local shards: a store's are fetched first)."""
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(pack.shards).map(
+        lambda r: tf.io.parse_single_example(r, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+    )
+    return [bytes(image) for image in records.as_numpy_iterator()]
 
 
 def _sources(

@@ -1,19 +1,20 @@
 """Packed: the split written once as TFRecord shards of resized JPEGs (data/pack.py), read by tf.data.
 
 Each epoch: the shard order reshuffled, shards read in parallel (interleave), records shuffled in a
-bounded buffer, then each batch decoded with the shared decoder at the stored size and resized to
-the model's input (a no-op at the default stored size, which is the input size).
+bounded buffer, then decoded: in TensorFlow's graph at the default stored size (the input size), else
+with the shared decoder and resized. A pack in a store is read from a local cache of its shards, or
+streamed shard by shard when it is larger than `cache_gb` allows (data/pack_cache.py).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
 from loaderlab.data.pack import Pack, PackSpec, pack_split
+from loaderlab.data.pack_cache import local_shards, stream_records
+from loaderlab.data.pack_root import PackRoot, hold_to_read
 from loaderlab.loaders.base import Feed, Loader, num_batches
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec, aligned_empty, decode_bytes
 from loaderlab.utils.paths import OUTPUTS
@@ -42,6 +43,7 @@ class PackedLoader(Loader):
         root: str | None = None,
         progress: bool = True,
         autotune: bool = False,
+        cache_gb: float = 20.0,
     ):
         if not 1 <= quality <= 100:
             raise ValueError(f"loader.quality must be between 1 and 100. Received: quality={quality}")
@@ -49,6 +51,8 @@ class PackedLoader(Loader):
             raise ValueError(f"loader.subsampling must be 444 or 420. Received: subsampling={subsampling}")
         if shard_mb <= 0:
             raise ValueError(f"loader.shard_mb must be positive. Received: shard_mb={shard_mb}")
+        if cache_gb < 0:
+            raise ValueError(f"loader.cache_gb must be 0 or more. Received: cache_gb={cache_gb}")
         if shuffle_buffer < 1:
             raise ValueError(
                 f"loader.shuffle_buffer must be positive. Received: shuffle_buffer={shuffle_buffer}"
@@ -58,20 +62,14 @@ class PackedLoader(Loader):
         self.shuffle_buffer = shuffle_buffer
         self.num_parallel_calls = num_parallel_calls or usable_cores()
         self.prefetch = prefetch
-        self.root = Path(root) if root else OUTPUTS / "packed"
+        self.root = str(root) if root else str(OUTPUTS / "packed")
+        self.cache_gb = cache_gb
         self.progress = progress
         self.autotune = autotune
 
     def pack(self, split: Split, decoder: ImageDecoder, training: bool) -> Pack:
         """The split's pack, written now unless an identical one exists; bad files follow the policy."""
-        spec = decoder.spec
-        if self.stored_size is None:
-            height, width = spec.height, spec.width
-        elif isinstance(self.stored_size, int):
-            height = width = self.stored_size
-        else:
-            height, width = (int(v) for v in self.stored_size)
-        stored = ImageSpec(height, width, spec.channels, spec.scaled_decode)
+        stored = self.stored_spec(decoder.spec)
         pack = pack_split(
             split,
             "train" if training else "val",
@@ -85,6 +83,16 @@ class PackedLoader(Loader):
             decoder.note_skipped(path, reason)
         return pack
 
+    def stored_spec(self, spec: ImageSpec) -> ImageSpec:
+        """The spec the pack stores images at: `stored_size`, or the model's input size."""
+        if self.stored_size is None:
+            height, width = spec.height, spec.width
+        elif isinstance(self.stored_size, int):
+            height = width = self.stored_size
+        else:
+            height, width = (int(v) for v in self.stored_size)
+        return ImageSpec(height, width, spec.channels, spec.scaled_decode)
+
     def dataset(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> tf.data.Dataset:
@@ -94,28 +102,59 @@ class PackedLoader(Loader):
     def feed(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> Feed:
-        """A finite dataset over the pack; the pack's one-time cost as the feed's metrics."""
+        """A finite dataset over the pack, held while the feed is open (`packs.py clean` leaves it);
+        the pack's one-time costs as the feed's metrics."""
         pack = self.pack(split, decoder, training)
+        hold = hold_to_read(PackRoot(self.root, decoder.storage), pack.fingerprint)
+        try:
+            x = self._read(pack, decoder, batch_size, training, seed)
+        except BaseException:
+            hold.release()
+            raise
+        name = "train" if training else "val"
         return Feed(
-            x=self._read(pack, decoder, batch_size, training, seed),
+            x=x,
+            on_close=hold.release,
             metrics={"pack_time_s": pack.seconds, "pack_mb": pack.nbytes / MB},
-            tags={f"pack_reused_{'train' if training else 'val'}": str(pack.reused).lower()},
+            tags={f"pack_reused_{name}": str(pack.reused).lower(), f"pack_{name}": pack.folder},
         )
 
     def _read(
         self, pack: Pack, decoder: ImageDecoder, batch_size: int, training: bool, seed: int
     ) -> tf.data.Dataset:
         spec = decoder.spec
+        place = PackRoot(self.root, decoder.storage)
+        shards = local_shards(pack, place, self.cache_gb)
+        if shards is None:  # larger than the cache: each shard streamed from the store
+
+            def read(url: tf.Tensor) -> tf.data.Dataset:
+                return tf.data.Dataset.from_generator(
+                    lambda u: stream_records(place, u.decode()),
+                    args=(url,),
+                    output_signature=tf.TensorSpec([], tf.string),
+                )
+
+            shards = pack.shards
+        else:
+            read = tf.data.TFRecordDataset
         if training:  # shards in a new order each epoch, read in parallel, records shuffled in a buffer
-            files = tf.data.Dataset.from_tensor_slices(pack.shards)
-            files = files.shuffle(len(pack.shards), seed=seed, reshuffle_each_iteration=True)
-            readers = max(1, min(len(pack.shards), self.num_parallel_calls))
-            ds = files.interleave(
-                tf.data.TFRecordDataset, cycle_length=readers, num_parallel_calls=readers, deterministic=False
-            )
+            files = tf.data.Dataset.from_tensor_slices(shards)
+            files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+            readers = max(1, min(len(shards), self.num_parallel_calls))
+            ds = files.interleave(read, cycle_length=readers, num_parallel_calls=readers, deterministic=False)
             ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         else:  # the manifest's order, as the other loaders validate
-            ds = tf.data.TFRecordDataset(pack.shards)
+            ds = tf.data.Dataset.from_tensor_slices(shards).flat_map(read)
+
+        if self.stored_spec(spec).shape == spec.shape:  # stored at the input size: a plain JPEG decode
+            # In the graph, with no Python lock; ISLOW is the IDCT OpenCV uses: the same pixels.
+            def parse_one(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                example = tf.io.parse_single_example(record, _FEATURES)
+                image = tf.io.decode_jpeg(example["image"], spec.channels, dct_method="INTEGER_ACCURATE")
+                return tf.ensure_shape(image, spec.shape), tf.cast(example["label"], tf.int32)
+
+            ds = ds.map(parse_one, num_parallel_calls=self.num_parallel_calls, deterministic=not training)
+            return self._finish(ds.batch(batch_size), pack, batch_size)
 
         def decode(images: np.ndarray) -> np.ndarray:
             out = aligned_empty((len(images), *spec.shape))
@@ -132,6 +171,9 @@ class PackedLoader(Loader):
         ds = ds.batch(batch_size).map(
             parse, num_parallel_calls=self.num_parallel_calls, deterministic=not training
         )
+        return self._finish(ds, pack, batch_size)
+
+    def _finish(self, ds: tf.data.Dataset, pack: Pack, batch_size: int) -> tf.data.Dataset:
         # Records carry no count TensorFlow can see; Keras needs it for steps and progress.
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(pack.records, batch_size)))
         options = tf.data.Options()
