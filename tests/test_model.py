@@ -147,7 +147,6 @@ def test_eval_py_logs_an_evaluation_run_linked_to_its_source(trained, tmp_path: 
     assert evaluation.data.metrics["eval_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 
-
 def test_the_confusion_figure_stays_bounded_with_a_thousand_classes(tmp_path: Path) -> None:
     """The figure stops growing and names only what fits; the JSON still holds every count."""
     from loaderlab.training.evaluate import MAX_FIGURE_INCHES, Evaluation, confusion_figure

@@ -251,7 +251,7 @@ def test_a_torn_last_line_is_dropped_and_the_run_resumes(server: Server, tmp_pat
         "for epoch in range(3):\n"
         "    run_log.metrics({'val_loss': 1.0 / (epoch + 1), 'loss': 2.0 / (epoch + 1)}, step=epoch)\n"
         "with open(run_log.path, 'a') as journal:\n"
-        "    journal.write('{\"metrics\": {\"val_loss\": 0.1')  # the crash, mid-append\n"
+        '    journal.write(\'{"metrics": {"val_loss": 0.1\')  # the crash, mid-append\n'
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     done = subprocess.run([sys.executable, "-c", killed, server.uri, run_id, str(tmp_path)], timeout=300)

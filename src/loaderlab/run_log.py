@@ -187,9 +187,7 @@ class RunLog:
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log metrics at a step (none: step 0); remembers each key's lowest value, across resumes."""
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        lower = {
-            k: v for k, v in numbers.items() if not math.isnan(v) and v < self._lowest.get(k, math.inf)
-        }
+        lower = {k: v for k, v in numbers.items() if not math.isnan(v) and v < self._lowest.get(k, math.inf)}
         self._append({"metrics": numbers, "step": step, "timestamp": int(time.time() * 1000)})
         if lower:
             self._lowest |= lower

@@ -39,6 +39,8 @@ class LatencyS3Server:
         self.in_flight = self.max_in_flight = self.requests = 0
         self.gets: collections.Counter[str] = collections.Counter()  # object GETs by /bucket/key
         self.methods: collections.Counter[str] = collections.Counter()  # requests by HTTP method
+        self.puts: list[str] = []  # object PUTs by /bucket/key, in order
+        self.failures: list[tuple[int, str]] = []  # (status, S3 error code) answered to the next requests
         self._lock = threading.Lock()
         self._port = port
         self._server: Any = None
@@ -56,6 +58,12 @@ class LatencyS3Server:
             self.requests = 0
             self.gets.clear()
             self.methods.clear()
+            self.puts.clear()
+
+    def fail_next(self, count: int, status: int = 503, code: str = "SlowDown") -> None:
+        """Answer the next `count` requests with an S3 error, as a throttled or failing store does."""
+        with self._lock:
+            self.failures += [(status, code)] * count
 
     @contextlib.contextmanager
     def checking_credentials(self) -> Iterator[None]:
@@ -92,6 +100,17 @@ class LatencyS3Server:
                 self.methods[environ["REQUEST_METHOD"]] += 1
                 if environ["REQUEST_METHOD"] == "GET" and not environ.get("QUERY_STRING"):
                     self.gets[environ.get("PATH_INFO", "")] += 1
+                if environ["REQUEST_METHOD"] == "PUT" and not environ.get("QUERY_STRING"):
+                    self.puts.append(environ.get("PATH_INFO", ""))
+                failure = self.failures.pop(0) if self.failures else None
+            if failure is not None:
+                with self._lock:
+                    self.in_flight -= 1
+                status, code = failure
+                body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+                start_response(f"{status} {code}", [("Content-Type", "application/xml"),
+                                                    ("Content-Length", str(len(body)))])  # fmt: skip
+                return [body]
             try:
                 if self.latency_s:
                     time.sleep(self.latency_s)

@@ -138,6 +138,9 @@ class Storage:
             # botocore keeps 10 connections per client by default: 10 requests in flight at most.
             config = dict(options.get("config_kwargs") or {})
             config.setdefault("max_pool_connections", max(10, self.concurrency * usable_cores()))
+            # botocore's adaptive mode retries throttling (503 SlowDown) and dropped connections with
+            # backoff and slows its own request rate: one bad answer does not end a run or a pack.
+            config.setdefault("retries", {"max_attempts": 10, "mode": "adaptive"})
             options["config_kwargs"] = config
         try:
             return fsspec.filesystem(protocol, **options)

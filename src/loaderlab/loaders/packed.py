@@ -8,6 +8,9 @@ streamed shard by shard when it is larger than `cache_gb` allows (data/pack_cach
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -97,7 +100,9 @@ class PackedLoader(Loader):
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> tf.data.Dataset:
         """One pass over the split's pack."""
-        return self._read(self.pack(split, decoder, training), decoder, batch_size, training, seed)
+        pack = self.pack(split, decoder, training)
+        shards, read = self._shards(pack, decoder)
+        return self._read(pack, shards, read, decoder, batch_size, training, seed)
 
     def feed(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
@@ -107,36 +112,52 @@ class PackedLoader(Loader):
         pack = self.pack(split, decoder, training)
         hold = hold_to_read(PackRoot(self.root, decoder.storage), pack.fingerprint)
         try:
-            x = self._read(pack, decoder, batch_size, training, seed)
+            start = time.perf_counter()
+            shards, read = self._shards(pack, decoder)
+            fetch_s = time.perf_counter() - start
+            x = self._read(pack, shards, read, decoder, batch_size, training, seed)
         except BaseException:
             hold.release()
             raise
         name = "train" if training else "val"
+        metrics = {"pack_time_s": pack.seconds, "pack_mb": pack.nbytes / MB}
+        if PackRoot(self.root, decoder.storage).remote:  # the copy into this machine's cache, once
+            metrics["pack_fetch_s"] = fetch_s
         return Feed(
             x=x,
             on_close=hold.release,
-            metrics={"pack_time_s": pack.seconds, "pack_mb": pack.nbytes / MB},
+            metrics=metrics,
             tags={f"pack_reused_{name}": str(pack.reused).lower(), f"pack_{name}": pack.folder},
         )
 
-    def _read(
-        self, pack: Pack, decoder: ImageDecoder, batch_size: int, training: bool, seed: int
-    ) -> tf.data.Dataset:
-        spec = decoder.spec
+    def _shards(self, pack: Pack, decoder: ImageDecoder) -> tuple[list[str], Callable]:
+        """The shards to read and how: local files (a store's cached here first), or, for a store's
+        pack larger than the cache, its URLs streamed."""
         place = PackRoot(self.root, decoder.storage)
         shards = local_shards(pack, place, self.cache_gb)
-        if shards is None:  # larger than the cache: each shard streamed from the store
+        if shards is not None:
+            return shards, tf.data.TFRecordDataset
 
-            def read(url: tf.Tensor) -> tf.data.Dataset:
-                return tf.data.Dataset.from_generator(
-                    lambda u: stream_records(place, u.decode()),
-                    args=(url,),
-                    output_signature=tf.TensorSpec([], tf.string),
-                )
+        def stream(url: tf.Tensor) -> tf.data.Dataset:
+            return tf.data.Dataset.from_generator(
+                lambda u: stream_records(place, u.decode()),
+                args=(url,),
+                output_signature=tf.TensorSpec([], tf.string),
+            )
 
-            shards = pack.shards
-        else:
-            read = tf.data.TFRecordDataset
+        return pack.shards, stream
+
+    def _read(
+        self,
+        pack: Pack,
+        shards: list[str],
+        read: Callable,
+        decoder: ImageDecoder,
+        batch_size: int,
+        training: bool,
+        seed: int,
+    ) -> tf.data.Dataset:
+        spec = decoder.spec
         if training:  # shards in a new order each epoch, read in parallel, records shuffled in a buffer
             files = tf.data.Dataset.from_tensor_slices(shards)
             files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
