@@ -156,23 +156,23 @@ def test_bad_files_follow_the_policy_at_pack_time(tmp_path: Path, policy: str) -
         loader.pack(split, ImageDecoder(ImageSpec(8, 8), "error"), training=True)
 
 
-def test_under_multiworker_each_worker_packs_and_reads_its_own_shard(tmp_path: Path, tiny_root: Path) -> None:
-    """Each worker packs the shard of files strategy=multiworker gives it: together, every file once."""
-    import tensorflow as tf
-
-    from loaderlab.training.distributed import shard
-
+@pytest.mark.parametrize("shard_mb", [100, 3000 / 2**20], ids=["one-shard", "many-shards"])
+def test_under_multiworker_workers_share_one_pack_and_read_disjoint_parts(
+    tmp_path: Path, tiny_root: Path, shard_mb: float
+) -> None:
+    """strategy=multiworker: one pack of the split for every worker; together they read each file once."""
     split = folder_manifest(str(tiny_root), val_fraction=0.25).train
-    loader, decoder = PackedLoader(root=str(tmp_path), progress=False), ImageDecoder(ImageSpec(16, 16))
-    read = []
+    loader, decoder = (
+        PackedLoader(root=str(tmp_path), shard_mb=shard_mb, progress=False),
+        ImageDecoder(ImageSpec(16, 16)),
+    )
+    labels, counts = [], []
     for index in range(2):
-        part = shard(split, index, 2)
-        _, labels = images_and_labels(loader.dataset(part, decoder, 4, training=True))
-        assert sorted(labels.tolist()) == sorted(part.labels.tolist())
-        pack = loader.pack(part, decoder, training=True)
-        records = tf.data.TFRecordDataset(pack.shards).map(
-            lambda r: tf.io.parse_single_example(r, {"path": tf.io.FixedLenFeature([], tf.string)})["path"]
-        )
-        read.append([p.decode() for p in records.as_numpy_iterator()])
-    assert not set(read[0]) & set(read[1])
-    assert sorted(read[0] + read[1]) == sorted(split.paths)
+        ds, records = loader.worker_dataset(split, decoder, 4, True, 0, index, 2)
+        labels.append(images_and_labels(ds)[1])
+        counts.append(records)
+        assert len(labels[-1]) == records
+    packs = [p for p in tmp_path.iterdir() if (p / META).exists()]
+    assert len(packs) == 1  # shared, not one per worker
+    assert sum(counts) == len(split) and abs(counts[0] - counts[1]) <= max(1, len(split) // 4)
+    assert sorted(np.concatenate(labels).tolist()) == sorted(split.labels.tolist())

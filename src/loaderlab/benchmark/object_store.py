@@ -175,14 +175,25 @@ def main(argv: list[str] | None = None) -> None:
             with ThreadPoolExecutor(16) as pool:
                 keys = [p.relative_to(local).as_posix() for p in files]
                 list(pool.map(lambda p, key: client.upload_file(str(p), "bench", key), files, keys))
-            runs = {"local folder": (str(local), 0.0), "store, 0 ms": ("s3://bench", 0.0),
-                    f"store, {args.latency_ms:g} ms": ("s3://bench", args.latency_ms / 1000)}  # fmt: skip
+            delay = args.latency_ms / 1000
+            if args.entry.split()[0] == "packed":  # the sources local; the pack local, or in the store
+                in_store = f"{args.entry} loader.root=s3://bench/packs"
+                runs = {"local pack": (str(local), 0.0, args.entry),
+                        f"store pack, {args.latency_ms:g} ms": (str(local), delay, in_store),
+                        "  streamed": (str(local), delay, f"{in_store} loader.cache_gb=0")}  # fmt: skip
+            else:
+                runs = {"local folder": (str(local), 0.0, args.entry),
+                        "store, 0 ms": ("s3://bench", 0.0, args.entry),
+                        f"store, {args.latency_ms:g} ms": ("s3://bench", delay, args.entry)}  # fmt: skip
             rates: dict[str, list[float]] = {name: [] for name in runs}
             for number in range(args.rounds):
-                for name, (root, latency) in runs.items():
+                for name, (root, latency, entry) in runs.items():
                     server.latency_s = latency
                     server.reset_counts()
-                    rates[name].append(run_child(args.entry, cfg, root, cores).images_per_sec)
+                    result = run_child(entry, cfg, root, cores)
+                    rates[name].append(result.images_per_sec)
+                    if "pack_fetch_s" in result.extra_metrics:
+                        print(f"  (fetched into the cache in {result.extra_metrics['pack_fetch_s']:.1f} s)")
                     print(f"round {number + 1}: {name:<14} {rates[name][-1]:7.0f} img/s, "
                           f"{server.max_in_flight} requests in flight at most", flush=True)  # fmt: skip
         finally:
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-    base = rates["local folder"]
+    base = next(iter(rates.values()))
     print(f"\n{args.entry}, {len(files)} images of {local.name}, {cores} cores, {args.rounds} rounds:")
     for name, values in rates.items():
         ratios = [v / b for v, b in zip(values, base, strict=True)]

@@ -130,6 +130,29 @@ class PackedLoader(Loader):
             tags={f"pack_reused_{name}": str(pack.reused).lower(), f"pack_{name}": pack.folder},
         )
 
+    def worker_dataset(
+        self,
+        split: Split,
+        decoder: ImageDecoder,
+        batch_size: int,
+        training: bool,
+        seed: int,
+        index: int,
+        count: int,
+    ) -> tuple[tf.data.Dataset, int]:
+        """Worker `index` of `count` (strategy=multiworker): the whole split's pack, written by one
+        worker and shared, and this worker's part of it with its record count. Disjoint shards when
+        the pack has at least `count`; else every worker reads the shards and keeps every count-th record."""
+        pack = self.pack(split, decoder, training)
+        shards, read = self._shards(pack, decoder)
+        if len(shards) >= count:
+            mine = shards[index::count]
+            records = sum(shard["records"] for shard in pack.meta["shards"][index::count])
+            return self._read(pack, mine, read, decoder, batch_size, training, seed, records), records
+        records = len(range(index, pack.records, count))
+        ds = self._read(pack, shards, read, decoder, batch_size, training, seed, records, (count, index))
+        return ds, records
+
     def _shards(self, pack: Pack, decoder: ImageDecoder) -> tuple[list[str], Callable]:
         """The shards to read and how: local files (a store's cached here first), or, for a store's
         pack larger than the cache, its URLs streamed."""
@@ -156,9 +179,17 @@ class PackedLoader(Loader):
         batch_size: int,
         training: bool,
         seed: int,
+        records: int | None = None,
+        part: tuple[int, int] | None = None,
     ) -> tf.data.Dataset:
+        """Batches from the shards; `part` (count, index): every count-th record only, from a fixed order."""
         spec = decoder.spec
-        if training:  # shards in a new order each epoch, read in parallel, records shuffled in a buffer
+        records = pack.records if records is None else records
+        if part is not None:  # the same order in every worker, so their parts are disjoint
+            ds = tf.data.Dataset.from_tensor_slices(shards).flat_map(read).shard(*part)
+            if training:
+                ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        elif training:  # shards in a new order each epoch, read in parallel, records shuffled in a buffer
             files = tf.data.Dataset.from_tensor_slices(shards)
             files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
             readers = max(1, min(len(shards), self.num_parallel_calls))
@@ -175,7 +206,7 @@ class PackedLoader(Loader):
                 return tf.ensure_shape(image, spec.shape), tf.cast(example["label"], tf.int32)
 
             ds = ds.map(parse_one, num_parallel_calls=self.num_parallel_calls, deterministic=not training)
-            return self._finish(ds.batch(batch_size), pack, batch_size)
+            return self._finish(ds.batch(batch_size), records, batch_size)
 
         def decode(images: np.ndarray) -> np.ndarray:
             out = aligned_empty((len(images), *spec.shape))
@@ -192,11 +223,11 @@ class PackedLoader(Loader):
         ds = ds.batch(batch_size).map(
             parse, num_parallel_calls=self.num_parallel_calls, deterministic=not training
         )
-        return self._finish(ds, pack, batch_size)
+        return self._finish(ds, records, batch_size)
 
-    def _finish(self, ds: tf.data.Dataset, pack: Pack, batch_size: int) -> tf.data.Dataset:
+    def _finish(self, ds: tf.data.Dataset, records: int, batch_size: int) -> tf.data.Dataset:
         # Records carry no count TensorFlow can see; Keras needs it for steps and progress.
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(pack.records, batch_size)))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(records, batch_size)))
         options = tf.data.Options()
         # Every parallelism here is set; with autotuning on, about a third of the passes still ran on
         # one core (docs/packs.md, "The one-core passes").

@@ -118,24 +118,36 @@ class Plan:
         }
 
 
-def training_data(
-    strategy: tf.distribute.Strategy,
+def worker_part(
     loader: DatasetLoader,
     split: Split,
     decoder: ImageDecoder,
-    global_batch: int,
+    batch_size: int,
+    training: bool,
     seed: int,
+    worker: Worker,
+) -> tuple[tf.data.Dataset, int]:
+    """This worker's pipeline and how many readable images it holds: its own shard of the files, or,
+    for a loader that shares one pipeline source between workers (packed), its part of that."""
+    if hasattr(loader, "worker_dataset"):
+        return loader.worker_dataset(split, decoder, batch_size, training, seed, worker.index, worker.count)
+    part = shard(split, worker.index, worker.count)
+    skipped_before = len(decoder.skipped)
+    ds = loader.dataset(part, decoder, batch_size, training, seed)
+    return ds, len(part) - (len(decoder.skipped) - skipped_before)
+
+
+def training_data(
+    strategy: tf.distribute.Strategy, worker: Worker, ds: tf.data.Dataset, batch: int
 ) -> tf.distribute.DistributedDataset:
-    """One pipeline per worker over its own shard of the files, in full batches (the loop takes
+    """This worker's pipeline as its input to the strategy, in full batches (the loop takes
     `plan.steps` of them an epoch)."""
 
     def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        batch = context.get_per_replica_batch_size(global_batch)
-        part = shard(split, context.input_pipeline_id, context.num_input_pipelines)
-        ds = loader.dataset(part, decoder, batch, True, seed + context.input_pipeline_id)
+        assert context.input_pipeline_id == worker.index, "one input pipeline per worker"
         return ds.rebatch(batch, drop_remainder=True)  # full batches, across the loader's boundaries
 
-    return strategy.distribute_datasets_from_function(make)  # the function shards: no auto-sharding
+    return strategy.distribute_datasets_from_function(make)  # the worker's part is its own: no auto-sharding
 
 
 @dataclass(frozen=True)
@@ -163,10 +175,10 @@ def build_data(
     The agreement is a collective, so it also waits for every worker to finish its packs: a job
     calls this before its stall watchdog is armed, as a long first pack is not a stall.
     """
-    skipped_before = len(decoder.skipped)
-    train_data = training_data(strategy, loader, train, decoder, plan.global_batch, seed)
-    readable = len(shard(train, worker.index, worker.count)) - (len(decoder.skipped) - skipped_before)
-    val_data = loader.dataset(shard(val, worker.index, worker.count), decoder, val_batch, False, seed)
+    batch = plan.global_batch // strategy.num_replicas_in_sync  # this worker's
+    train_ds, readable = worker_part(loader, train, decoder, batch, True, seed + worker.index, worker)
+    val_data, _ = worker_part(loader, val, decoder, val_batch, False, seed, worker)
+    train_data = training_data(strategy, worker, train_ds, batch)
     return Data(train_data, val_data, plan.agreed(gather(strategy, [float(readable)])[:, 0]))
 
 
