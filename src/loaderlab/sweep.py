@@ -7,9 +7,12 @@ that failed or was interrupted reaches a later job in the same process (a notebo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ class Sweep:
     parent_run_id: str
     sweep_id: str
     swept_keys: tuple[str, ...] = ()
+    folder: str = ""  # the sweep's folder
 
 
 def current_sweep(output_dir: str | Path) -> Sweep | None:
@@ -43,7 +47,7 @@ def current_sweep(output_dir: str | Path) -> Sweep | None:
     if sweep_dir not in Path(output_dir).resolve().parents or not file.exists():
         return None
     data = json.loads(file.read_text())
-    return Sweep(data["parent_run_id"], data["sweep_id"], tuple(data["swept_keys"]))
+    return Sweep(data["parent_run_id"], data["sweep_id"], tuple(data["swept_keys"]), str(sweep_dir))
 
 
 def sweep_id_from_dir(sweep_dir: str) -> str:
@@ -80,12 +84,14 @@ def job_run_name(base: str, overrides: str, sweep: Sweep | None = None) -> str:
     return " ".join([base, *parts])
 
 
-def settle_parent(uri: str, parent_run_id: str) -> None:
-    """End the parent run with its jobs' status so far: KILLED or FAILED if any job was, else FINISHED.
+def settle_parent(uri: str, parent_run_id: str, lost: Sequence[str] = (), final: bool = False) -> None:
+    """End the parent run with its jobs' status so far: KILLED or FAILED if any job was, else FINISHED;
+    the tag `failed_jobs` names each job that did not finish, and `lost` ones that ended with no run.
 
-    Every job calls it as it ends, however it ends, and so does the end of the sweep: a sweep that
-    stops early (a failed or interrupted job, which makes Hydra skip on_multirun_end) still leaves
-    its parent ended with the status of the jobs that ran.
+    Every job calls it as it ends, however it ends, and so does the end of the sweep (`final`): a
+    sweep that stops early (a failed or interrupted job, which makes Hydra skip on_multirun_end)
+    still leaves its parent ended with the status of the jobs that ran. While a job still runs (a
+    parallel sweep), only the end of the sweep settles the parent; a run left RUNNING then failed.
     """
     from mlflow.tracking import MlflowClient
 
@@ -95,8 +101,61 @@ def settle_parent(uri: str, parent_run_id: str) -> None:
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
     )
     statuses = {c.info.status for c in children}
-    status = next((s for s in ("KILLED", "FAILED", "RUNNING") if s in statuses), "FINISHED")
-    client.set_terminated(parent_run_id, "FAILED" if status == "RUNNING" else status)
+    if "RUNNING" in statuses and not final:
+        return
+    failed = [
+        f"{c.data.tags.get('mlflow.runName', c.info.run_id)} ({c.info.status})"
+        for c in children
+        if c.info.status != "FINISHED"
+    ] + list(lost)
+    status = next((s for s in ("KILLED", "FAILED") if s in statuses), "FAILED" if failed else "FINISHED")
+    if failed:
+        client.set_tag(parent_run_id, "failed_jobs", "; ".join(sorted(failed))[:5000])
+    elif "failed_jobs" in parent.data.tags:  # a resumed job finished since
+        client.delete_tag(parent_run_id, "failed_jobs")
+    client.set_terminated(parent_run_id, status)
+
+
+class SweepNeighbours:
+    """How many jobs of one sweep run at once. Each running job holds a lock on a file of its own in
+    the sweep's folder (`.running/`); counting the held locks, at the start and after each epoch,
+    gives the most jobs that ran beside this one, itself included (the tag `parallel_jobs`)."""
+
+    def __init__(self, sweep_dir: str | Path, job: str):
+        self.folder = Path(sweep_dir) / ".running"
+        self.file = self.folder / f"{job}.lock"
+        self.most = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> SweepNeighbours:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.sample()
+        return self
+
+    def sample(self) -> int:
+        """Jobs running now (this one included); the most seen so far is kept."""
+        running = 0
+        for path in self.folder.glob("*.lock"):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                running += 1  # a running job holds it (or this job, through its own descriptor)
+            finally:
+                os.close(fd)
+        self.most = max(self.most, running)
+        return running
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            self.file.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
 
 
 class MlflowSweepCallback(Callback):
@@ -136,4 +195,4 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is not None:
-            settle_parent(self.tracking_uri, self.parent_run_id)
+            settle_parent(self.tracking_uri, self.parent_run_id, final=True)

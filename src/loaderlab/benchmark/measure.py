@@ -88,8 +88,10 @@ def measure_entry(
         rates, images = _timed_passes(run_pass, passes, after_pass=sampler.sample)
         if hasattr(loader, "pack"):  # a packed loader: the limit of the JPEGs it stores, as well
             from loaderlab.data.pack import stored_images
+            from loaderlab.data.pack_root import PackRoot
 
-            stored = stored_images(loader.pack(split, decoder, training=True))
+            place = PackRoot(loader.root, decoder.storage)
+            stored = stored_images(loader.pack(split, decoder, training=True), place)
             one_core, _ = _timed_passes(_decode_limit_pass(stored, spec), passes)
             extra["stored_limit_images_per_sec"] = mean_rate(one_core) * cores
             extra["ratio_to_stored_limit"] = mean_rate(rates) / extra["stored_limit_images_per_sec"]

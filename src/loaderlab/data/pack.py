@@ -318,14 +318,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stored_images(pack: Pack) -> list[bytes]:
-    """A pack's own JPEGs, in the order written (from local shards: a store's are fetched first)."""
+def stored_images(pack: Pack, place: PackRoot | None = None) -> list[bytes]:
+    """A pack's own JPEGs, in the order written (a store's pack streamed from `place`)."""
     import tensorflow as tf
 
-    records = tf.data.TFRecordDataset(pack.shards).map(
-        lambda r: tf.io.parse_single_example(r, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
-    )
-    return [bytes(image) for image in records.as_numpy_iterator()]
+    if is_url(pack.folder):
+        from loaderlab.data.pack_cache import stream_records
+
+        place = place or PackRoot(posixpath.dirname(pack.folder))
+        records = [r for url in pack.shards for r in stream_records(place, url)]
+    else:
+        records = [r.numpy() for r in tf.data.TFRecordDataset(pack.shards)]
+    return [tf.train.Example.FromString(r).features.feature["image"].bytes_list.value[0] for r in records]
 
 
 def _sources(

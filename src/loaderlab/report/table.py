@@ -102,6 +102,13 @@ def build_table(sweep: Sweep) -> Table:
             + "/"
             + column(jobs, "params.batch.val").fillna("?"),
             "status": jobs["status"],
+            # Jobs of the sweep that ran at once: figures of a job that shared the machine with others
+            # are not clean figures of its loader.
+            **(
+                {"jobs at once": column(jobs, "tags.parallel_jobs").fillna(NA)}
+                if "tags.parallel_jobs" in jobs
+                else {}
+            ),
             **{
                 m: column(jobs, f"metrics.{m}").map(lambda v, d=d: fmt(v, d))
                 for m, d in {

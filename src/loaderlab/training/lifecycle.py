@@ -20,16 +20,24 @@ def _reset_in_child() -> None:
     inside multiprocessing's own exit code and never exit). SIGTERM kills it; Ctrl-C at the terminal
     reaches the whole process group, and the main process, not each worker, handles it."""
     if _owner_pid is not None and os.getpid() != _owner_pid:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 os.register_at_fork(after_in_child=_reset_in_child)
 
 
+# SIGTERM: kill, scancel, a scheduler's time limit. SIGUSR2: what Slurm sends before a time limit or
+# a preemption under submitit (its --signal); submitit's own handler would requeue the job from the
+# start, into a folder that already holds this run's state.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
 @contextmanager
 def stop_signals_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C in this process, so a stopped job still ends its MLflow run as KILLED."""
+    """Treat SIGTERM and SIGUSR2 like Ctrl-C in this process, so a stopped job still ends its MLflow
+    run as KILLED, with its last checkpoint."""
     global _owner_pid
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -38,13 +46,14 @@ def stop_signals_as_interrupt() -> Iterator[None]:
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
     _owner_pid = os.getpid()
     try:
         yield
     finally:
         _owner_pid = None
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def child_pids() -> set[int]:

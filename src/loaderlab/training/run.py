@@ -19,7 +19,7 @@ from loaderlab.data.storage import REDACTED, release_filesystems, secret_values,
 from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.run_log import RunLog
-from loaderlab.sweep import current_sweep, job_run_name
+from loaderlab.sweep import Sweep, SweepNeighbours, current_sweep, job_run_name
 from loaderlab.training.context import BACKUP_DIR, RUN_ID_FILE, check_fresh_folder, hydra_facts, state_folder
 from loaderlab.training.distribute import Worker, worker_of
 from loaderlab.training.evaluate import finish_model
@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> float:
             loader = instantiate(cfg.loader)
             name = job_run_name(f"{loader.name}-{cfg.model.name}", overrides, sweep)
             run_log.tags({"loader": loader.name, "mlflow.runName": name})
-            return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log)
+            return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log, sweep)
         finally:
             secrets = secret_values(OmegaConf.to_container(cfg.data).get("storage_options", {}))
             _log_folder_artifacts(run_log, Path(cfg.paths.output_dir), secrets)
@@ -101,6 +101,7 @@ class Job:
     monitors: Monitors
     best_before: float  # the lowest val_loss earlier jobs of a resumed run reached
     owned: contextlib.ExitStack
+    neighbours: SweepNeighbours | None = None  # in a sweep: counts its jobs running at once
 
 
 def _train_logged(
@@ -111,6 +112,7 @@ def _train_logged(
     worker: Worker,
     state_dir: Path,
     run_log: RunLog,
+    sweep: Sweep | None = None,
 ) -> float:
     """The job's steps, in order, inside its MLflow run."""
     if worker.count > 1:
@@ -123,9 +125,14 @@ def _train_logged(
     monitors = Monitors.create(cfg, run_log, images_per_epoch=len(manifest.train))
     best_before = run_log.lowest("val_loss")  # earlier jobs' of a resumed run, kept in its folder
     cluster: dict[str, float] = {}  # multiworker: every worker's peak memory
+    neighbours = None
     try:
         with contextlib.ExitStack() as owned:
-            job = Job(cfg, strategy, worker, state_dir, run_log, monitors, best_before, owned)
+            if sweep is not None and worker.is_chief:  # how many of the sweep's jobs share the machines
+                neighbours = owned.enter_context(
+                    SweepNeighbours(sweep.folder, Path(cfg.paths.output_dir).name)
+                )
+            job = Job(cfg, strategy, worker, state_dir, run_log, monitors, best_before, owned, neighbours)
             monitors.start()  # the baseline: before the pipeline
             if worker.count > 1:
                 cluster = _fit_multiworker(job, loader, manifest, decoder)
@@ -133,6 +140,8 @@ def _train_logged(
                 _fit(job, loader, manifest, decoder)
     finally:
         summary = monitors.stop() | cluster
+        if neighbours is not None:
+            run_log.tags({"parallel_jobs": str(neighbours.most)})
         _log_skipped(cfg, bad, decoder.skipped, summary, run_log)
         run_log.metrics(summary)
     best = _log_outcome(cfg, state_dir, run_log, best_before, summary)
@@ -296,6 +305,9 @@ def _callbacks(job: Job, batch_size: int) -> list:
         callbacks.append(keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False))
     if cfg.trainer.checkpoint and worker.is_chief:
         callbacks.append(BestCheckpoint(job.state_dir / "checkpoints" / "best.keras", job.best_before))
+    if job.neighbours is not None:
+        sample = job.neighbours.sample
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: sample()))
     if cfg.trainer.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.trainer.early_stopping_patience))
     if cfg.trainer.stall_timeout_s:
