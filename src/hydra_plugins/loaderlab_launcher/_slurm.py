@@ -75,15 +75,16 @@ def launch(
                 job.cancel(check=False)
             raise
     log.info(f"Slurm: {len(jobs)} jobs ended {time.time() - submitted_at:.0f} s after submission")
-    _settle(config, sweep_dir, lost)
+    _end_lost_runs(config, sweep_dir, numbers, lost)
+    _settle(config, sweep_dir, [what for what in lost.values()])
     return returns
 
 
 def _collect(
     jobs: list, numbers: list[int], job_overrides: Sequence[Sequence[str]]
-) -> tuple[list[JobReturn], list[str]]:
-    """Each job's JobReturn in order; a job with none (stopped, killed, out of memory) named in `lost`."""
-    returns, lost = [], []
+) -> tuple[list[JobReturn], dict[int, str]]:
+    """Each job's JobReturn in order; one with none (stopped, killed, out of memory) in `lost`, by number."""
+    returns, lost = [], {}
     for job, number, overrides in zip(jobs, numbers, job_overrides, strict=True):
         try:
             ret = job.results()[0]
@@ -91,13 +92,31 @@ def _collect(
             reason = (str(e).strip().splitlines() or [repr(e)])[-1]
             what = f"job #{number} (Slurm job {job.job_id}) ended without a result: {reason}"
             log.error(what + f". Its log: {job.paths.stderr}")
-            lost.append(what)
+            lost[number] = what
             ret = JobReturn(
                 overrides=list(overrides), status=JobStatus.FAILED, _return_value=RuntimeError(what)
             )
         ret.overrides = redact_overrides(ret.overrides)
         returns.append(ret)
     return returns, lost
+
+
+def _end_lost_runs(config: Any, sweep_dir: Path, numbers: list[int], lost: dict[int, str]) -> None:
+    """A job Slurm killed (srun on `scancel --full`, a hard time limit, the OOM killer) could not end
+    its run: end it KILLED here, saying why, so that no run of the sweep stays RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from loaderlab.training.context import RUN_ID_FILE
+
+    client = MlflowClient(str(config.tracking.uri))
+    for number, what in lost.items():
+        run_id_file = sweep_dir / str(number) / RUN_ID_FILE
+        if not run_id_file.exists():
+            continue
+        run_id = run_id_file.read_text().strip()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "error", f"{what}; its run was ended by the sweep")
+            client.set_terminated(run_id, "KILLED")
 
 
 def _settle(config: Any, sweep_dir: Path, lost: list[str]) -> None:

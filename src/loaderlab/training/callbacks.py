@@ -6,6 +6,7 @@ import keras
 
 from loaderlab.monitor import ThroughputTracker
 from loaderlab.run_log import RunLog
+from loaderlab.training.lifecycle import raise_if_stopped
 
 
 class ThroughputCallback(keras.callbacks.Callback):
@@ -30,6 +31,20 @@ class ThroughputCallback(keras.callbacks.Callback):
         if logs is not None:  # the same dict reaches the callbacks after this one
             logs["epoch_time_s"] = timing.epoch_time_s
             logs["epoch_images_per_sec"] = timing.train_images / timing.train_time_s
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """A stop signal (SIGTERM, SIGUSR2) raised again at the next batch, should its first interrupt
+    have been swallowed (training/lifecycle.py)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_stopped()
+
+    def on_test_batch_end(self, batch, logs=None):
+        raise_if_stopped()
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise_if_stopped()
 
 
 class EpochMetrics(keras.callbacks.Callback):

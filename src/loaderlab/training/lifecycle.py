@@ -13,6 +13,7 @@ import psutil
 
 log = logging.getLogger(__name__)
 _owner_pid: int | None = None  # the process whose handlers are installed; None outside a run
+_stop_signal: int | None = None  # the signal that asked the run to stop, once one did
 
 
 def _reset_in_child() -> None:
@@ -38,22 +39,31 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 def stop_signals_as_interrupt() -> Iterator[None]:
     """Treat SIGTERM and SIGUSR2 like Ctrl-C in this process, so a stopped job still ends its MLflow
     run as KILLED, with its last checkpoint."""
-    global _owner_pid
+    global _owner_pid, _stop_signal
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
+        global _stop_signal
+        _stop_signal = signum
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
-    _owner_pid = os.getpid()
+    _owner_pid, _stop_signal = os.getpid(), None
     try:
         yield
     finally:
-        _owner_pid = None
+        _owner_pid, _stop_signal = None, None
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop again if a signal asked for one: Python drops a KeyboardInterrupt raised inside a
+    finalizer (a tf.data iterator's __del__, say), and a job under Slurm then trained on, seen."""
+    if _stop_signal is not None:
+        raise KeyboardInterrupt(f"signal {_stop_signal}")
 
 
 def child_pids() -> set[int]:

@@ -293,11 +293,15 @@ def _callbacks(job: Job, batch_size: int) -> list:
     Those that own a thread (the watchdog) are entered into the job, so the job, not fit, stops them."""
     import keras
 
-    from loaderlab.training.callbacks import EpochMetrics, ThroughputCallback
+    from loaderlab.training.callbacks import EpochMetrics, StopOnSignal, ThroughputCallback
     from loaderlab.training.checkpoint import BestCheckpoint
 
     cfg, worker = job.cfg, job.worker
-    callbacks = [ThroughputCallback(job.monitors.throughput, batch_size), EpochMetrics(job.run_log)]
+    callbacks = [
+        StopOnSignal(),
+        ThroughputCallback(job.monitors.throughput, batch_size),
+        EpochMetrics(job.run_log),
+    ]
     if worker.count == 1:
         # The epoch state that trainer.resume continues from; kept after training ends. (The
         # multi-worker loop checkpoints with TensorFlow's multi-worker checkpointing instead.)
