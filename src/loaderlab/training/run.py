@@ -306,7 +306,10 @@ def _callbacks(job: Job, batch_size: int) -> list:
         # The epoch state that trainer.resume continues from; kept after training ends. (The
         # multi-worker loop checkpoints with TensorFlow's multi-worker checkpointing instead.)
         backup = str(job.state_dir / BACKUP_DIR)
-        callbacks.append(keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False))
+        # double_checkpoint: a job killed while saving (Slurm's SIGKILL) resumes from the copy before.
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False, double_checkpoint=True)
+        )
     if cfg.trainer.checkpoint and worker.is_chief:
         callbacks.append(BestCheckpoint(job.state_dir / "checkpoints" / "best.keras", job.best_before))
     if job.neighbours is not None:
