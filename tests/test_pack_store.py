@@ -74,8 +74,7 @@ def test_a_pack_in_a_bucket_is_written_once_and_read_whole_shards_elsewhere(
     expected = images(local, split, ImageDecoder(SPEC))
 
     for cache_gb in (20, 0):  # another machine: its cache empty; then a cache too small, streamed
-        for leftover in cache.glob("*"):
-            pack_cache.drop_cached(leftover.name)
+        pack_cache.drop_cached(root, written.fingerprint)
         counted.clear()
         s3.reset_counts()
         elsewhere = PackedLoader(root=root, shard_mb=SHARD_MB, cache_gb=cache_gb, progress=False)
@@ -86,7 +85,7 @@ def test_a_pack_in_a_bucket_is_written_once_and_read_whole_shards_elsewhere(
         shard_gets = {k: n for k, n in s3.gets.items() if k.endswith(".tfrecord")}
         print(f"\nSTORE-READ cache_gb={cache_gb}: {len(written.shards)} shards, GETs {shard_gets}")
         assert len(shard_gets) == len(written.shards) and max(shard_gets.values()) <= 2  # not one per image
-        assert (cache / written.fingerprint).is_dir() == (cache_gb > 0)
+        assert pack_cache.cache_folder(root, written.fingerprint).is_dir() == (cache_gb > 0)
 
     assert packs.main(["list", "--root", root, "--option", f"endpoint_url={s3.endpoint_url}"]) == 0
     assert packs.main(["verify", "--root", root, "--option", f"endpoint_url={s3.endpoint_url}"]) == 0

@@ -231,7 +231,7 @@ def _staging(place: PackRoot, folder: str) -> Path:
     else this machine's cache of that pack (the writer then reads its shards without fetching them)."""
     from loaderlab.data.pack_cache import cache_folder
 
-    staging = Path(folder) if not place.remote else cache_folder(posixpath.basename(folder))
+    staging = Path(folder) if not place.remote else cache_folder(place.url, posixpath.basename(folder))
     staging.mkdir(parents=True, exist_ok=True)
     return staging
 

@@ -6,6 +6,7 @@ Either way the reader makes a few requests per shard, never one per image.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import shutil
 import struct
@@ -22,17 +23,14 @@ GB = 2**30
 STREAM_BLOCK = 16 * 2**20  # bytes per read when a shard is streamed
 
 
-def cache_folder(fingerprint: str) -> Path:
-    """This machine's copy of a store's pack."""
-    return CACHE / fingerprint
+def cache_folder(root_url: str, fingerprint: str) -> Path:
+    """This machine's copy of a store's pack (by root too: two stores' copies are two packs)."""
+    return CACHE / hashlib.sha256(root_url.rstrip("/").encode()).hexdigest()[:12] / fingerprint
 
 
-def cached_bytes(skip: str = "") -> int:
-    """What the cache holds now, but for one pack."""
-    if not CACHE.is_dir():
-        return 0
-    folders = [folder for folder in CACHE.iterdir() if folder.name != skip]
-    return sum(f.stat().st_size for folder in folders for f in folder.glob("*.tfrecord"))
+def cached_bytes(skip: Path | None = None) -> int:
+    """What the cache holds now, but for one pack's folder."""
+    return sum(f.stat().st_size for f in CACHE.glob("*/*/*.tfrecord") if f.parent != skip)
 
 
 def local_shards(pack: Pack, place: PackRoot, cache_gb: float) -> list[str] | None:
@@ -40,9 +38,9 @@ def local_shards(pack: Pack, place: PackRoot, cache_gb: float) -> list[str] | No
     (fetched now where missing); None when the pack does not fit in what is left of `cache_gb`."""
     if not place.remote:
         return list(pack.shards)
-    if pack.nbytes + cached_bytes(skip=pack.fingerprint) > cache_gb * GB:
+    folder = cache_folder(place.url, pack.fingerprint)
+    if pack.nbytes + cached_bytes(skip=folder) > cache_gb * GB:
         return None
-    folder = cache_folder(pack.fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     wanted = []
     for shard in pack.meta["shards"]:
@@ -66,9 +64,9 @@ def local_shards(pack: Pack, place: PackRoot, cache_gb: float) -> list[str] | No
     return [str(folder / shard["name"]) for shard in pack.meta["shards"]]
 
 
-def drop_cached(fingerprint: str) -> int:
+def drop_cached(root_url: str, fingerprint: str) -> int:
     """Delete this machine's copy of a pack; the bytes freed."""
-    folder = cache_folder(fingerprint)
+    folder = cache_folder(root_url, fingerprint)
     freed = sum(f.stat().st_size for f in folder.glob("*")) if folder.is_dir() else 0
     shutil.rmtree(folder, ignore_errors=True)
     return freed

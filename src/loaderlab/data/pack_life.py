@@ -91,7 +91,7 @@ def clean(place: PackRoot, unused_days: float | None) -> tuple[list[PackInfo], l
             if info.state != "leftover":
                 for side in (f"{info.name}.claims", f"{info.name}.uses"):
                     place.remove(place.path(side))
-                freed += drop_cached(info.name)
+                freed += drop_cached(place.url, info.name)
             deleted.append(info)
     return deleted, kept, freed
 

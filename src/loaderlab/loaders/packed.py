@@ -199,14 +199,20 @@ class PackedLoader(Loader):
             ds = tf.data.Dataset.from_tensor_slices(shards).flat_map(read)
 
         if self.stored_spec(spec).shape == spec.shape:  # stored at the input size: a plain JPEG decode
-            # In the graph, with no Python lock; ISLOW is the IDCT OpenCV uses: the same pixels.
-            def parse_one(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                example = tf.io.parse_single_example(record, _FEATURES)
-                image = tf.io.decode_jpeg(example["image"], spec.channels, dct_method="INTEGER_ACCURATE")
-                return tf.ensure_shape(image, spec.shape), tf.cast(example["label"], tf.int32)
+            # In the graph, a batch per call, with no Python lock; ISLOW is OpenCV's IDCT: the same pixels.
+            def parse_batch(records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                example = tf.io.parse_example(records, _FEATURES)
+                images = tf.map_fn(
+                    lambda data: tf.io.decode_jpeg(data, spec.channels, dct_method="INTEGER_ACCURATE"),
+                    example["image"],
+                    fn_output_signature=tf.TensorSpec(spec.shape, tf.uint8),
+                )
+                return images, tf.cast(example["label"], tf.int32)
 
-            ds = ds.map(parse_one, num_parallel_calls=self.num_parallel_calls, deterministic=not training)
-            return self._finish(ds.batch(batch_size), records, batch_size)
+            ds = ds.batch(batch_size).map(
+                parse_batch, num_parallel_calls=self.num_parallel_calls, deterministic=not training
+            )
+            return self._finish(ds, records, batch_size)
 
         def decode(images: np.ndarray) -> np.ndarray:
             out = aligned_empty((len(images), *spec.shape))
