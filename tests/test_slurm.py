@@ -136,7 +136,7 @@ def test_a_sweep_runs_its_jobs_through_sbatch_in_parallel_under_one_parent(
 
     # The same jobs under the isolated launcher log the same params, metrics and tags.
     twin_overrides = [f"tracking.uri={server.uri}", "tracking.experiment=isolated-twin", "trainer.epochs=2"]
-    code, out = finish(multirun(tmp_path / "isolated", tiny_root, *twin_overrides, "loader=tfdata,sequence"))
+    code, out = finish(multirun(tmp_path / "isolated", tiny_root, *twin_overrides, "loader=tfdata"))
     assert code == 0, out[-3000:]
     _, _, twins = runs_of(server.uri, "isolated-twin")
     slurm_run = next(r for r in jobs if r.data.tags["loader"] == "tfdata")
@@ -182,14 +182,15 @@ def test_a_failed_job_fails_the_parent_naming_it_and_sqlite_is_refused_for_paral
 
 @pytest.mark.parametrize(
     "scancel",
-    [["--signal=USR2"], ["--signal=TERM"], ["--signal=TERM", "--full"]],
-    ids=["usr2", "term", "term-full"],
+    [["--signal=USR2"], ["--signal=TERM", "--full"]],
+    ids=["usr2", "term-full"],
 )
 def test_a_job_slurm_stops_ends_killed_and_resumes_its_run(
     cluster: SlurmCluster, server: Server, tmp_path: Path, tiny_root: Path, scancel: list[str]
 ) -> None:
-    """USR2 (what Slurm sends before a time limit or preemption) and TERM to the job's step end the run
-    KILLED by itself; `scancel --full` makes srun kill the step at once, and the sweep ends the run."""
+    """USR2 (what Slurm sends before a time limit or preemption; TERM to the step takes the same handler,
+    tested locally in test_faults.py) ends the run KILLED by itself; `scancel --full` makes srun kill
+    the step at once, and the sweep ends the run. Resuming is tested once, after the harder stop."""
     experiment = "slurm-stop-" + "-".join(s.strip("-").replace("=", "-") for s in scancel)
     started = sweep(
         cluster, tmp_path, tiny_root, f"tracking.uri={server.uri}", f"tracking.experiment={experiment}",
@@ -217,6 +218,8 @@ def test_a_job_slurm_stops_ends_killed_and_resumes_its_run(
     )
     assert no_job_process_left() and cluster.jobs() == []
     epochs_before = len(client.get_metric_history(run.info.run_id, "val_loss"))
+    if "--full" not in scancel:
+        return
 
     folder = next(p.parent for p in (tmp_path / "multiruns").rglob("mlflow_run_id"))
     code, out = finish(
