@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -191,13 +194,40 @@ def no_process_left_behind():
         pytest.fail(f"the test suite left {len(left)} process(es) running: {described}")
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """What the seams' cases and the docs' checks covered, when their modules ran."""
+def _coverage_summary() -> list[tuple[str, str]]:
+    """(title, text) of what the seams' cases and the docs' checks covered, when their modules ran here."""
+    parts = []
     seams = sys.modules.get("test_seams")
     if seams is not None and seams.OUTCOMES:
-        terminalreporter.write_sep("=", "seams: pairwise cases")
-        terminalreporter.write_line(seams.case_table())
+        parts.append(("seams: pairwise cases", seams.case_table()))
     docs = sys.modules.get("test_docs")
     if docs is not None and docs.SUMMARY:
-        terminalreporter.write_sep("=", "docs: documented commands and links")
-        terminalreporter.write_line("\n".join(line for lines in docs.SUMMARY.values() for line in lines))
+        parts.append(
+            ("documented commands and links", "\n".join(line for ls in docs.SUMMARY.values() for line in ls))
+        )
+    return parts
+
+
+def _summary_folder(controller_pid: int) -> Path:
+    """Where xdist workers leave their summaries for the controller (their parent) to print."""
+    return Path(tempfile.gettempdir()) / f"loaderlab-test-summary-{controller_pid}"
+
+
+def pytest_sessionfinish(session) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # under xdist the controller prints, not a worker
+    if worker and (parts := _coverage_summary()):
+        folder = _summary_folder(os.getppid())
+        folder.mkdir(exist_ok=True)
+        (folder / f"{worker}.json").write_text(json.dumps(parts))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """What the seams' cases and the docs' checks covered, whichever process ran their modules."""
+    parts = _coverage_summary()
+    folder = _summary_folder(os.getpid())
+    for file in sorted(folder.glob("*.json")):
+        parts += [tuple(part) for part in json.loads(file.read_text())]
+    shutil.rmtree(folder, ignore_errors=True)
+    for title, text in parts:
+        terminalreporter.write_sep("=", title)
+        terminalreporter.write_line(text)

@@ -134,8 +134,9 @@ def _check_store(uri: str, jobs: int, params: dict) -> None:
     if uri.startswith("sqlite:") and parallel > 1:
         raise SqliteInParallelError(
             f"tracking.uri={uri} is one SQLite file, and this sweep runs {parallel} jobs at once on the "
-            "cluster. Start a tracking server that every node reaches (README, 'A team server': "
-            "mlflow server --backend-store-uri sqlite:///mlflow.db --host 0.0.0.0 --port 5000) and set "
+            "cluster. Start a tracking server that every node reaches (docs/scaling-out.md, "
+            "'A team MLflow server': mlflow server --backend-store-uri sqlite:///mlflow.db "
+            "--host 0.0.0.0 --port 5000) and set "
             "tracking.uri=http://<host>:5000, or run one job at a time: hydra.launcher.array_parallelism=1."
         )
 
