@@ -68,7 +68,7 @@ class SlurmCluster:
             "\n".join(
                 [
                     "ClusterName=loaderlab-test",
-                    f"SlurmctldHost={self.host}",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",  # an address: the host name may not resolve
                     f"SlurmctldPort={_free_port()}",
                     f"SlurmdPort={_free_port()}",
                     "AuthType=auth/munge",
