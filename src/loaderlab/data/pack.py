@@ -202,13 +202,11 @@ def _write(
     finally:
         for leftover in staging.glob("*.partial"):
             leftover.unlink(missing_ok=True)
-    paths = split.paths
-    source = posixpath.commonpath(paths) if is_url(paths[0]) else os.path.commonpath(paths) if paths else ""
     return {
         "format": PACK_FORMAT,
         "fingerprint": posixpath.basename(folder),
-        "source": source,
-        "source_files": len(paths),
+        "source": _source(split.paths),
+        "source_files": len(split.paths),
         "split": split_name,
         "spec": {
             "stored": list(spec.stored.shape),
@@ -224,6 +222,16 @@ def _write(
         "shards": committed["shards"],
         "skipped": committed["skipped"],
     }
+
+
+def _source(paths: tuple[str, ...]) -> str:
+    """The folder or store prefix that the split's files share."""
+    if not paths:
+        return ""
+    if not is_url(paths[0]):
+        return os.path.commonpath(paths)
+    scheme = paths[0].split("://", 1)[0]
+    return f"{scheme}://" + posixpath.commonpath([p.split("://", 1)[1] for p in paths])
 
 
 def _staging(place: PackRoot, folder: str) -> Path:
