@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from conftest import PROJECT_ROOT, train_command
 from slurm_cluster import SlurmCluster, missing
 from test_tracking_outage import Server
+from test_tracking_outage import server as server  # noqa: F401  the team server every job reaches
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 
@@ -34,15 +35,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     """One node offering 4 CPUs (more than this machine has: jobs share its cores, as the tag says)."""
     with SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=4) as started:
         yield started
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """The team tracking server every job reaches (parallel jobs and one SQLite file are refused)."""
-    started = Server(tmp_path_factory.mktemp("server"))
-    started.start()
-    yield started
-    started.stop()
 
 
 def multirun(

@@ -7,6 +7,7 @@ import logging
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,14 @@ def unreachable_workers(cluster: dict[str, list[str]], me: Worker) -> list[str]:
     return lost
 
 
-def lost_worker_message(strategy: tf.distribute.Strategy, me: Worker) -> str:
-    """Why the cluster stopped, naming the workers that went away where they can be told."""
+def lost_worker_message(strategy: tf.distribute.Strategy, me: Worker, wait_s: float = 0.0) -> str:
+    """Why the cluster stopped, naming the workers that went away where they can be told. `wait_s`:
+    how long to look again, after a peer reset its connection (a dying process still answers for a
+    moment, longer on a busy machine)."""
     cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-    lost = unreachable_workers(cluster, me)
+    deadline = time.monotonic() + wait_s
+    while not (lost := unreachable_workers(cluster, me)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     who = ", ".join(lost) if lost else "another worker (all addresses still answer: it may hang)"
     return (
         f"Lost {who} of the {me.count}-worker cluster: worker {me.index} waited for it in a collective "

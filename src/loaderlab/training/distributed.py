@@ -288,7 +288,8 @@ def fit(
                 break
     except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
             tf.errors.DeadlineExceededError) as e:  # fmt: skip
-        raise WorkerLostError(f"{lost_worker_message(strategy, worker)} ({type(e).__name__})") from e
+        message = lost_worker_message(strategy, worker, wait_s=15.0)
+        raise WorkerLostError(f"{message} ({type(e).__name__})") from e
     hooks.on_train_end(logs)
     return model.history
 
