@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -317,10 +318,10 @@ def _write_shards(
         place.write_json(posixpath.join(folder, PROGRESS), committed)
 
 
-def file_sha256(path: Path) -> str:
-    """A file's SHA-256, read in 4 MB blocks."""
+def file_sha256(path: Path | str, fs: Any = None) -> str:
+    """A file's SHA-256, read in 4 MB blocks; through an fsspec filesystem (a store's object) if given."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open(path, "rb", block_size=4 * 2**20) if fs is not None else open(path, "rb") as f:
         while chunk := f.read(4 * 2**20):
             digest.update(chunk)
     return digest.hexdigest()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import time
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from loaderlab.data.pack import META, PACK_FORMAT
+from loaderlab.data.pack import META, PACK_FORMAT, file_sha256
 from loaderlab.data.pack_cache import drop_cached
 from loaderlab.data.pack_root import PackRoot, live
 
@@ -68,7 +67,7 @@ def verify(place: PackRoot, info: PackInfo) -> list[str]:
             problems.append(f"{name} is missing")
         elif size != shard["bytes"]:
             problems.append(f"{name} holds {size} bytes, {shard['bytes']} recorded")
-        elif _checksum(place, place.path(info.name, name)) != shard["sha256"]:
+        elif file_sha256(place.path(info.name, name), place.fs) != shard["sha256"]:
             problems.append(f"{name} does not match its checksum")
     return problems
 
@@ -116,7 +115,7 @@ def _exclusive(place: PackRoot, name: str) -> Iterator[bool]:
     if place.remote or not _FINGERPRINT.match(name):
         yield True
         return
-    fd = os.open(place.lock_file(name), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = place.open_lock(name)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -126,11 +125,3 @@ def _exclusive(place: PackRoot, name: str) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
-
-
-def _checksum(place: PackRoot, path: str) -> str:
-    digest = hashlib.sha256()
-    with place.fs.open(path, "rb", block_size=16 * 2**20) as f:
-        while chunk := f.read(16 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -121,11 +121,12 @@ class PackRoot:
             raise StoreError(explain(path, e)) from None
         return freed
 
-    def lock_file(self, fingerprint: str) -> Path:
-        """A local pack's lock file (never deleted: a new file would not exclude holders of the old)."""
+    def open_lock(self, fingerprint: str) -> int:
+        """A descriptor of a local pack's lock file, to flock (the file is never deleted: a new one
+        would not exclude holders of the old)."""
         path = Path(self.url) / LOCKS / f"{fingerprint}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def _already_exists(error: BaseException) -> bool:
@@ -202,7 +203,7 @@ class Hold:
 def hold_to_read(root: PackRoot, fingerprint: str) -> Hold:
     """Hold a complete pack while a job reads it: `packs.py clean` leaves it alone."""
     if not root.remote:
-        fd = os.open(root.lock_file(fingerprint), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = root.open_lock(fingerprint)
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a cleaner deletes the pack
         return Hold(lambda: os.close(fd))
     lease = Lease(root, root.path(f"{fingerprint}.uses", f"{uuid.uuid4().hex}.json"))
@@ -215,7 +216,7 @@ def hold_to_write(root: PackRoot, fingerprint: str, done: Any, poll_s: float = 1
     """Within: True when this job holds the pack to write it; False when `done()` found another
     job's finished pack while this one waited. One writer at a time; a dead writer's hold lapses."""
     if not root.remote:
-        fd = os.open(root.lock_file(fingerprint), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = root.open_lock(fingerprint)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another job writes this pack
             yield not done()

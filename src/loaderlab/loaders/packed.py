@@ -101,7 +101,7 @@ class PackedLoader(Loader):
     ) -> tf.data.Dataset:
         """One pass over the split's pack."""
         pack = self.pack(split, decoder, training)
-        shards, read = self._shards(pack, decoder)
+        shards, read = self._shards(pack, PackRoot(self.root, decoder.storage))
         return self._read(pack, shards, read, decoder, batch_size, training, seed)
 
     def feed(
@@ -110,10 +110,11 @@ class PackedLoader(Loader):
         """A finite dataset over the pack, held while the feed is open (`packs.py clean` leaves it);
         the pack's one-time costs as the feed's metrics."""
         pack = self.pack(split, decoder, training)
-        hold = hold_to_read(PackRoot(self.root, decoder.storage), pack.fingerprint)
+        place = PackRoot(self.root, decoder.storage)
+        hold = hold_to_read(place, pack.fingerprint)
         try:
             start = time.perf_counter()
-            shards, read = self._shards(pack, decoder)
+            shards, read = self._shards(pack, place)
             fetch_s = time.perf_counter() - start
             x = self._read(pack, shards, read, decoder, batch_size, training, seed)
         except BaseException:
@@ -121,7 +122,7 @@ class PackedLoader(Loader):
             raise
         name = "train" if training else "val"
         metrics = {"pack_time_s": pack.seconds, "pack_mb": pack.nbytes / MB}
-        if PackRoot(self.root, decoder.storage).remote:  # the copy into this machine's cache, once
+        if place.remote:  # the copy into this machine's cache, once
             metrics["pack_fetch_s"] = fetch_s
         return Feed(
             x=x,
@@ -144,7 +145,7 @@ class PackedLoader(Loader):
         worker and shared, and this worker's part of it with its record count. Disjoint shards when
         the pack has at least `count`; else every worker reads the shards and keeps every count-th record."""
         pack = self.pack(split, decoder, training)
-        shards, read = self._shards(pack, decoder)
+        shards, read = self._shards(pack, PackRoot(self.root, decoder.storage))
         if len(shards) >= count:
             mine = shards[index::count]
             records = sum(shard["records"] for shard in pack.meta["shards"][index::count])
@@ -153,10 +154,9 @@ class PackedLoader(Loader):
         ds = self._read(pack, shards, read, decoder, batch_size, training, seed, records, (count, index))
         return ds, records
 
-    def _shards(self, pack: Pack, decoder: ImageDecoder) -> tuple[list[str], Callable]:
+    def _shards(self, pack: Pack, place: PackRoot) -> tuple[list[str], Callable]:
         """The shards to read and how: local files (a store's cached here first), or, for a store's
         pack larger than the cache, its URLs streamed."""
-        place = PackRoot(self.root, decoder.storage)
         shards = local_shards(pack, place, self.cache_gb)
         if shards is not None:
             return shards, tf.data.TFRecordDataset
