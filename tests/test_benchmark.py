@@ -117,6 +117,11 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
         limit / int(runs[DECODE_LIMIT].data.params["cores"])
     )
     assert 0 < runs[DECODE_LIMIT].data.metrics["all_cores_ratio"] < 2  # measured, not assumed
+    stored = runs[packed].data.metrics  # the limit of the pack's own JPEGs, beside the source's
+    assert stored["stored_limit_images_per_sec"] > 0 and "(its stored JPEGs: one core x" in table
+    assert stored["ratio_to_stored_limit"] == pytest.approx(
+        stored["images_per_sec"] / stored["stored_limit_images_per_sec"]
+    )
     assert runs["tfdata"].data.params["loader.autotune"] == "False"
     assert runs[AUTOTUNE_ON].data.params["loader.autotune"] == "True"
     assert runs["tfdata"].data.params["batch_path"] == KERAS_PATH  # how batches were pulled, on record

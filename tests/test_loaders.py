@@ -127,8 +127,9 @@ def test_colour_order_and_shape(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["generator", "sequence", "tfdata", "packed"])  # inmemory: fit shuffles
 def test_training_feeds_reshuffle_every_epoch(manifest, name: str) -> None:
     feed = make_loader(name).feed(manifest.train, ImageDecoder(ImageSpec(8, 8)), 1000, training=True, seed=1)
-    if feed.steps is not None:  # endless generator: two consecutive passes
-        first, second = next(feed.x)[1], next(feed.x)[1]
+    if feed.steps is not None:  # endless (a generator, packed's tf.data): two consecutive passes
+        stream = iter(feed.x)
+        first, second = (np.asarray(next(stream)[1]) for _ in range(2))
     elif hasattr(feed.x, "on_epoch_end"):
         first = feed.x[0][1]
         feed.x.on_epoch_end()

@@ -114,6 +114,24 @@ def test_batches_mix_the_classes_of_a_class_sorted_source(tmp_path: Path) -> Non
     assert len(classes) == len(split) // 64 and min(classes) >= 3
 
 
+def test_the_training_feed_is_one_stream_of_whole_epochs(tmp_path: Path) -> None:
+    """fit keeps one iterator over the training feed: each `steps` batches hold every record once,
+    in a new order each epoch, the last batch of an epoch never mixed with the next."""
+    root = make_folder_dataset(tmp_path / "ds", {c: 11 for c in "abc"})  # 33 images: 4 batches of 8 + 1
+    paths, labels, _ = scan_class_folders(root)
+    split = make_split(paths, labels)
+    loader = PackedLoader(root=str(tmp_path / "packed"), shard_mb=0.002, progress=False)  # several shards
+    with loader.feed(split, ImageDecoder(ImageSpec(8, 8)), 8, training=True, seed=0) as feed:
+        assert feed.steps == 5 and feed.fit_kwargs()["steps_per_epoch"] == 5
+        stream = iter(feed.x)
+        epochs = [[next(stream)[1].numpy() for _ in range(feed.steps)] for _ in range(3)]
+    for batches in epochs:
+        assert [len(b) for b in batches] == [8, 8, 8, 8, 1]
+        assert sorted(np.concatenate(batches)) == sorted(split.labels)
+    orders = {tuple(np.concatenate(batches)) for batches in epochs}
+    assert len(orders) == 3
+
+
 def test_packed_pixels_are_the_specs_up_to_one_re_encode(tmp_path: Path) -> None:
     paths = []
     for i in range(12):

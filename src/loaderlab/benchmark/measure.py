@@ -85,15 +85,14 @@ def measure_entry(
                 name, overrides, conf_dir, split, decoder, batch_size
             )
             extra.update(costs)
-        rates, images = _timed_passes(run_pass, passes, after_pass=sampler.sample)
-        if hasattr(loader, "pack"):  # a packed loader: the limit of the JPEGs it stores, as well
-            from loaderlab.data.pack import stored_images
-            from loaderlab.data.pack_root import PackRoot
-
-            place = PackRoot(loader.root, decoder.storage)
-            stored = stored_images(loader.pack(split, decoder, training=True), place)
-            one_core, _ = _timed_passes(_decode_limit_pass(stored, spec), passes)
-            extra["stored_limit_images_per_sec"] = mean_rate(one_core) * cores
+        # A packed loader: the limit of the JPEGs it stores as well, measured before and after its
+        # passes so that the machine's drift cancels.
+        stored_pass = _stored_limit_pass(loader, split, decoder) if hasattr(loader, "pack") else None
+        stored_rates = _timed_passes(stored_pass, passes)[0] if stored_pass else []
+        rates, images = _timed_passes(run_pass, passes, after_passes=sampler.sample)
+        if stored_pass:
+            stored_rates += _timed_passes(stored_pass, passes)[0]
+            extra["stored_limit_images_per_sec"] = mean_rate(stored_rates) * cores
             extra["ratio_to_stored_limit"] = mean_rate(rates) / extra["stored_limit_images_per_sec"]
     finally:
         peak = sampler.stop()
@@ -117,25 +116,24 @@ def measure_entry(
 
 
 def _timed_passes(
-    run_pass: Callable[[], int], passes: int, after_pass: Callable[[], object] | None = None
+    run_pass: Callable[[], int], passes: int, after_passes: Callable[[], object] | None = None
 ) -> tuple[list[float], int]:
-    """One untimed warm-up pass, then `passes` timed ones; returns per-pass images/s and images.
+    """One untimed warm-up pass, then `passes` timed ones back to back; returns per-pass images/s and images.
 
-    `after_pass` runs after each pass, outside the timing (a memory sample while its data is alive).
+    `after_passes` runs once the last pass has ended (a memory sample while its data is alive). Not
+    between passes: a pipeline that reads ahead would fill its buffers in the gap, untimed.
     """
     images = run_pass()  # warm-up: tracing, thread pools and the page cache are not the loader's cost
-    if after_pass:
-        after_pass()
     rates = []
     for _ in range(passes):
         start = time.perf_counter()
         counted = run_pass()
         elapsed = time.perf_counter() - start
-        if after_pass:
-            after_pass()
         if counted != images:
             raise RuntimeError(f"a pass yielded {counted} images, the warm-up {images}")
         rates.append(counted / elapsed)
+    if after_passes:
+        after_passes()
     return rates, images
 
 
@@ -234,6 +232,16 @@ def _limit_sources(split: Any, decoder: Any) -> list:
         chunk = split.paths[start : start + 256]
         fetched += map(remote_bytes, chunk, decoder.storage.read_many(chunk))
     return fetched
+
+
+def _stored_limit_pass(loader: Any, split: Any, decoder: Any) -> Callable[[], int]:
+    """One thread decoding the JPEGs of the loader's pack of `split` (written by its feed already)."""
+    from loaderlab.data.pack import stored_images
+    from loaderlab.data.pack_root import PackRoot
+
+    place = PackRoot(loader.root, decoder.storage)
+    stored = stored_images(loader.pack(split, decoder, training=True), place)
+    return _decode_limit_pass(stored, decoder.spec)
 
 
 def _decode_part(sources: Sequence, spec: Any) -> None:

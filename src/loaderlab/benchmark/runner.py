@@ -176,6 +176,9 @@ def summarize(entry: str, rounds: list[dict[str, EntryResult]]) -> EntryResult:
     for key in ("all_cores_ratio", "stored_limit_images_per_sec", "ratio_to_stored_limit"):
         if key in extra:  # a rate or ratio over the rounds: the median, not the best
             extra[key] = median(r.extra_metrics[key] for r in results)
+    if "ratio_to_stored_limit" in extra:
+        stored = [r.extra_metrics["ratio_to_stored_limit"] for r in results]
+        extra |= {"ratio_to_stored_limit_min": min(stored), "ratio_to_stored_limit_max": max(stored)}
     extra |= {
         "ratio_to_limit": median(ratios),
         "ratio_to_limit_min": min(ratios),
@@ -218,9 +221,10 @@ def format_table(results: Iterable[EntryResult], cores: int) -> str:
                 f"{together * r.images_per_sec:>9.0f} {together:>6.2f}"
             )
         if "stored_limit_images_per_sec" in m:
+            spread = f"{m['ratio_to_stored_limit_min']:.2f}-{m['ratio_to_stored_limit_max']:.2f}"
             rows.append(
                 f"{'  (its stored JPEGs: one core x' + str(cores) + ')':<{width}} "
-                f"{m['stored_limit_images_per_sec']:>9.0f} {m['ratio_to_stored_limit']:>6.2f}"
+                f"{m['stored_limit_images_per_sec']:>9.0f} {m['ratio_to_stored_limit']:>6.2f} {spread:>11}"
             )
         if m.get("pack_mb"):
             notes.append(

@@ -107,8 +107,8 @@ class PackedLoader(Loader):
     def feed(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> Feed:
-        """A finite dataset over the pack, held while the feed is open (`packs.py clean` leaves it);
-        the pack's one-time costs as the feed's metrics."""
+        """The pack's batches, held while the feed is open (`packs.py clean` leaves it): for training,
+        endless with one epoch's steps; the pack's one-time costs as the feed's metrics."""
         pack = self.pack(split, decoder, training)
         place = PackRoot(self.root, decoder.storage)
         hold = hold_to_read(place, pack.fingerprint)
@@ -116,7 +116,7 @@ class PackedLoader(Loader):
             start = time.perf_counter()
             shards, read = self._shards(pack, place)
             fetch_s = time.perf_counter() - start
-            x = self._read(pack, shards, read, decoder, batch_size, training, seed)
+            x = self._read(pack, shards, read, decoder, batch_size, training, seed, endless=training)
         except BaseException:
             hold.release()
             raise
@@ -126,6 +126,7 @@ class PackedLoader(Loader):
             metrics["pack_fetch_s"] = fetch_s
         return Feed(
             x=x,
+            steps=num_batches(pack.records, batch_size) if training else None,
             on_close=hold.release,
             metrics=metrics,
             tags={f"pack_reused_{name}": str(pack.reused).lower(), f"pack_{name}": pack.folder},
@@ -181,8 +182,11 @@ class PackedLoader(Loader):
         seed: int,
         records: int | None = None,
         part: tuple[int, int] | None = None,
+        endless: bool = False,
     ) -> tf.data.Dataset:
-        """Batches from the shards; `part` (count, index): every count-th record only, from a fixed order."""
+        """Batches from the shards: one pass, or with `endless` one epoch after another (one iterator
+        for the whole fit, so no epoch waits for the pipeline to fill again); `part` (count, index):
+        every count-th record only, from a fixed order."""
         spec = decoder.spec
         records = pack.records if records is None else records
         if part is not None:  # the same order in every worker, so their parts are disjoint
@@ -198,6 +202,25 @@ class PackedLoader(Loader):
         else:  # the manifest's order, as the other loaders validate
             ds = tf.data.Dataset.from_tensor_slices(shards).flat_map(read)
 
+        ds = ds.batch(batch_size)
+        if endless:  # epoch after epoch, each whole; the decode below runs on across their edges
+            ds = ds.repeat()
+        # In order when endless, so that fit's steps_per_epoch batches are exactly one epoch.
+        ds = ds.map(
+            self._parser(spec),
+            num_parallel_calls=self.num_parallel_calls,
+            deterministic=endless or not training,
+        )
+        if not endless:  # records carry no count TensorFlow can see; Keras needs it for steps and progress
+            ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(records, batch_size)))
+        options = tf.data.Options()
+        # Every parallelism here is set; with autotuning on, about a third of the passes still ran on
+        # one core (docs/packs.md, "The one-core passes").
+        options.autotune.enabled = self.autotune
+        return ds.prefetch(self.prefetch).with_options(options)
+
+    def _parser(self, spec: ImageSpec) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        """A batch of serialized records to (images, labels) at the spec's size."""
         if self.stored_spec(spec).shape == spec.shape:  # stored at the input size: a plain JPEG decode
             # In the graph, a batch per call, with no Python lock; ISLOW is OpenCV's IDCT: the same pixels.
             def parse_batch(records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -209,10 +232,7 @@ class PackedLoader(Loader):
                 )
                 return images, tf.cast(example["label"], tf.int32)
 
-            ds = ds.batch(batch_size).map(
-                parse_batch, num_parallel_calls=self.num_parallel_calls, deterministic=not training
-            )
-            return self._finish(ds, records, batch_size)
+            return parse_batch
 
         def decode(images: np.ndarray) -> np.ndarray:
             out = aligned_empty((len(images), *spec.shape))
@@ -226,16 +246,4 @@ class PackedLoader(Loader):
             images.set_shape((None, *spec.shape))
             return images, tf.cast(example["label"], tf.int32)
 
-        ds = ds.batch(batch_size).map(
-            parse, num_parallel_calls=self.num_parallel_calls, deterministic=not training
-        )
-        return self._finish(ds, records, batch_size)
-
-    def _finish(self, ds: tf.data.Dataset, records: int, batch_size: int) -> tf.data.Dataset:
-        # Records carry no count TensorFlow can see; Keras needs it for steps and progress.
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(records, batch_size)))
-        options = tf.data.Options()
-        # Every parallelism here is set; with autotuning on, about a third of the passes still ran on
-        # one core (docs/packs.md, "The one-core passes").
-        options.autotune.enabled = self.autotune
-        return ds.prefetch(self.prefetch).with_options(options)
+        return parse
