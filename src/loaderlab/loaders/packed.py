@@ -63,7 +63,9 @@ class PackedLoader(Loader):
         self.stored_size, self.quality, self.shard_mb = stored_size, quality, shard_mb
         self.subsampling = str(subsampling)
         self.shuffle_buffer = shuffle_buffer
-        self.num_parallel_calls = num_parallel_calls or usable_cores()
+        # One call more than cores: each call's serial parts (parsing, stacking the batch) would
+        # otherwise leave a core idle (docs/packs.md, "Full speed").
+        self.num_parallel_calls = num_parallel_calls or usable_cores() + 1
         self.prefetch = prefetch
         self.root = str(root) if root else str(OUTPUTS / "packed")
         self.cache_gb = cache_gb
