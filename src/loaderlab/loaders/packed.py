@@ -217,7 +217,7 @@ class PackedLoader(Loader):
             ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(records, batch_size)))
         options = tf.data.Options()
         # Every parallelism here is set; with autotuning on, about a third of the passes still ran on
-        # one core (docs/packs.md, "The one-core passes").
+        # one core (docs/packs.md, "Full speed").
         options.autotune.enabled = self.autotune
         return ds.prefetch(self.prefetch).with_options(options)
 
