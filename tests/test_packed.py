@@ -18,6 +18,7 @@ from loaderlab.data.pack import META, PROGRESS, stored_images
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec, decode_resize
 from loaderlab.loaders.decode import decode_bytes
 from loaderlab.loaders.packed import PackedLoader
+from loaderlab.training.evaluate import _batches as evaluate_batches
 
 # Measured by the test below: 38.9 dB (12 photo-like 1200x900 JPEGs to 224 px, quality 90 at 4:4:4).
 PSNR_FLOOR_DB = 38.0
@@ -130,6 +131,9 @@ def test_the_training_feed_is_one_stream_of_whole_epochs(tmp_path: Path) -> None
         assert sorted(np.concatenate(batches)) == sorted(split.labels)
     orders = {tuple(np.concatenate(batches)) for batches in epochs}
     assert len(orders) == 3
+    with loader.feed(split, ImageDecoder(ImageSpec(8, 8)), 8, training=True, seed=0) as feed:
+        labels = np.concatenate([y for _, y in evaluate_batches(feed)])  # one pass, as evaluation reads
+    assert sorted(labels) == sorted(split.labels)
 
 
 def test_packed_pixels_are_the_specs_up_to_one_re_encode(tmp_path: Path) -> None:

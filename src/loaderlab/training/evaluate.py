@@ -56,9 +56,11 @@ def _batches(feed: Any):
     if feed.y is not None:
         for start in range(0, len(feed.y), feed.batch_size):
             yield feed.x[start : start + feed.batch_size], feed.y[start : start + feed.batch_size]
-    elif feed.steps is not None:
+    elif feed.steps is not None:  # endless: a generator, or a tf.data.Dataset (packed's training feed)
+        stream = iter(feed.x)
         for _ in range(feed.steps):
-            yield next(feed.x)[:2]
+            images, labels = next(stream)[:2]
+            yield np.asarray(images), np.asarray(labels)
     elif hasattr(feed.x, "__getitem__"):  # a PyDataset
         for index in range(len(feed.x)):
             yield feed.x[index][:2]
