@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,8 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
         limit / int(runs[DECODE_LIMIT].data.params["cores"])
     )
     assert 0 < runs[DECODE_LIMIT].data.metrics["all_cores_ratio"] < 2  # measured, not assumed
+    for entry in set(entries) - {DECODE_LIMIT}:  # CPU time per second, within what the machine has
+        assert 0 < runs[entry].data.metrics["cores_busy"] <= 1.05 * os.cpu_count(), entry
     stored = runs[packed].data.metrics  # the limit of the pack's own JPEGs, beside the source's
     assert stored["stored_limit_images_per_sec"] > 0 and "(its stored JPEGs: one core x" in table
     assert stored["ratio_to_stored_limit"] == pytest.approx(
@@ -129,6 +132,7 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
 
 def fake_result(entry: str, rate: float) -> EntryResult:
     extra = {"one_core_images_per_sec": rate / 2, "all_cores_ratio": 0.85} if entry == DECODE_LIMIT else {}
+    extra |= {} if entry == DECODE_LIMIT else {"cores_busy": 1.93}
     return EntryResult(entry, rate, [rate], 64, 100.0, 90.0, "pss_sum", {}, extra)
 
 
@@ -167,6 +171,7 @@ def test_table_shows_ratio_and_one_core_rate() -> None:
     table = format_table([summarize(DECODE_LIMIT, rounds), summarize("tfdata", rounds)], 2)
     assert "0.90" in table and "1000" in table  # tfdata's ratio; the one-core rate
     assert "every core at once, plain threads" in table and "1700   0.85" in table
+    assert "cores busy" in table and table.count("1.93") == 1  # tfdata's, not the limit's
 
 
 def test_rounds_report_the_median_ratio_to_each_rounds_own_limit(

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from loaderlab.benchmark.entries import (
     CONF_DIR,
@@ -88,10 +88,10 @@ def measure_entry(
         # A packed loader: the limit of the JPEGs it stores as well, measured before and after its
         # passes so that the machine's drift cancels.
         stored_pass = _stored_limit_pass(loader, split, decoder) if hasattr(loader, "pack") else None
-        stored_rates = _timed_passes(stored_pass, passes)[0] if stored_pass else []
-        rates, images = _timed_passes(run_pass, passes, after_passes=sampler.sample)
+        stored_rates = _timed_passes(stored_pass, passes).rates if stored_pass else []
+        rates, images, extra["cores_busy"] = _timed_passes(run_pass, passes, after_passes=sampler.sample)
         if stored_pass:
-            stored_rates += _timed_passes(stored_pass, passes)[0]
+            stored_rates += _timed_passes(stored_pass, passes).rates
             extra["stored_limit_images_per_sec"] = mean_rate(stored_rates) * cores
             extra["ratio_to_stored_limit"] = mean_rate(rates) / extra["stored_limit_images_per_sec"]
     finally:
@@ -100,7 +100,7 @@ def measure_entry(
         extra["one_core_images_per_sec"] = mean_rate(rates)
         rates = [r * cores for r in rates]
         # What plain threads reach with every core decoding at once: how far this machine scales.
-        together, _ = _timed_passes(_decode_threads_pass(sources, spec, cores), passes)
+        together = _timed_passes(_decode_threads_pass(sources, spec, cores), passes).rates
         extra["all_cores_ratio"] = mean_rate(together) / mean_rate(rates)
     return EntryResult(
         entry=entry,
@@ -115,16 +115,25 @@ def measure_entry(
     )
 
 
+class Passes(NamedTuple):
+    """Timed passes: each pass's images/s, the images in a pass, and the cores kept busy."""
+
+    rates: list[float]
+    images: int
+    cores_busy: float  # the process's CPU seconds per second of the passes (its sampler's share included)
+
+
 def _timed_passes(
     run_pass: Callable[[], int], passes: int, after_passes: Callable[[], object] | None = None
-) -> tuple[list[float], int]:
-    """One untimed warm-up pass, then `passes` timed ones back to back; returns per-pass images/s and images.
+) -> Passes:
+    """One untimed warm-up pass, then `passes` timed ones back to back.
 
     `after_passes` runs once the last pass has ended (a memory sample while its data is alive). Not
     between passes: a pipeline that reads ahead would fill its buffers in the gap, untimed.
     """
     images = run_pass()  # warm-up: tracing, thread pools and the page cache are not the loader's cost
     rates = []
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     for _ in range(passes):
         start = time.perf_counter()
         counted = run_pass()
@@ -132,9 +141,10 @@ def _timed_passes(
         if counted != images:
             raise RuntimeError(f"a pass yielded {counted} images, the warm-up {images}")
         rates.append(counted / elapsed)
+    cores_busy = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
     if after_passes:
         after_passes()
-    return rates, images
+    return Passes(rates, images, cores_busy)
 
 
 def _fit_pass_runner(fit_kwargs: dict[str, Any]) -> tuple[Callable[[], int], dict[str, str]]:

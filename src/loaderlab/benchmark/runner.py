@@ -173,7 +173,7 @@ def summarize(entry: str, rounds: list[dict[str, EntryResult]]) -> EntryResult:
     results = [result for result, _ in ran]
     first = results[0]
     extra = {key: max(r.extra_metrics.get(key, 0.0) for r in results) for key in first.extra_metrics}
-    for key in ("all_cores_ratio", "stored_limit_images_per_sec", "ratio_to_stored_limit"):
+    for key in ("all_cores_ratio", "stored_limit_images_per_sec", "ratio_to_stored_limit", "cores_busy"):
         if key in extra:  # a rate or ratio over the rounds: the median, not the best
             extra[key] = median(r.extra_metrics[key] for r in results)
     if "ratio_to_stored_limit" in extra:
@@ -199,18 +199,23 @@ def summarize(entry: str, rounds: list[dict[str, EntryResult]]) -> EntryResult:
 
 
 def format_table(results: Iterable[EntryResult], cores: int) -> str:
-    """The table: entry, median images/s, median ratio to the limit and its range, memory."""
+    """The table: entry, median images/s, median ratio to the limit and its range, memory, and the
+    cores the entry kept busy (CPU seconds per second: below the cores, part of the time went idle)."""
     results = list(results)
     width = max([36, *(len(r.entry) for r in results)])
-    head = f"{'entry':<{width}} {'images/s':>9} {'ratio':>6} {'range':>11} {'peak MB':>8} {'base MB':>8}"
+    head = (
+        f"{'entry':<{width}} {'images/s':>9} {'ratio':>6} {'range':>11} {'peak MB':>8} {'base MB':>8} "
+        f"{'cores busy':>10}"
+    )
     rows = [head, "-" * len(head)]
     notes = []
     for r in results:
         m = r.extra_metrics
         spread = f"{m['ratio_to_limit_min']:.2f}-{m['ratio_to_limit_max']:.2f}"
+        busy = f" {m['cores_busy']:>10.2f}" if "cores_busy" in m else ""
         rows.append(
             f"{r.entry:<{width}} {r.images_per_sec:>9.0f} {m['ratio_to_limit']:>6.2f} {spread:>11} "
-            f"{r.peak_rss_mb:>8.0f} {r.baseline_rss_mb:>8.0f}"
+            f"{r.peak_rss_mb:>8.0f} {r.baseline_rss_mb:>8.0f}{busy}"
         )
         if r.entry == DECODE_LIMIT:
             one = m["one_core_images_per_sec"]
