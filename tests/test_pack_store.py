@@ -17,6 +17,7 @@ from loaderlab.data import pack as pack_module  # noqa: E402
 from loaderlab.data import pack_cache  # noqa: E402
 from loaderlab.data.folder import folder_manifest  # noqa: E402
 from loaderlab.data.pack import META, PackError  # noqa: E402
+from loaderlab.data.pack_root import PackRoot  # noqa: E402
 from loaderlab.loaders import ImageDecoder, ImageSpec  # noqa: E402
 from loaderlab.loaders.packed import PackedLoader  # noqa: E402
 from test_loaders import collect  # noqa: E402
@@ -120,6 +121,26 @@ def test_a_throttled_store_is_retried_while_packing_and_reading(s3, tiny_root: P
     s3.fail_next(2, status=500, code="InternalError")
     got = images(loader, split, decoder)
     assert len(got[1]) == len(split) and not s3.failures  # every injected failure was met and retried
+
+
+def test_a_streamed_shard_is_cut_into_its_records_across_reads(s3, tmp_path: Path, monkeypatch) -> None:
+    """Records cut from whole reads: one longer than a read, one empty; a shard cut short is refused."""
+    import tensorflow as tf
+
+    records = [b"a" * 10, b"", np.random.default_rng(0).bytes(5000), b"b" * 17]
+    local = tmp_path / "00000.tfrecord"
+    with tf.io.TFRecordWriter(str(local)) as writer:
+        for record in records:
+            writer.write(record)
+    place = PackRoot(f"s3://{BUCKET}/stream", storage(s3))
+    data = local.read_bytes()
+    place.fs.pipe_file(place.path("whole.tfrecord"), data)
+    place.fs.pipe_file(place.path("torn.tfrecord"), data[:-3])
+    for block in (7, 4096, pack_cache.STREAM_BLOCK):
+        monkeypatch.setattr(pack_cache, "STREAM_BLOCK", block)
+        assert list(pack_cache.stream_records(place, place.path("whole.tfrecord"))) == records, block
+    with pytest.raises(PackError, match=r"ends inside a record.*python src/packs.py verify"):
+        list(pack_cache.stream_records(place, place.path("torn.tfrecord")))
 
 
 def test_a_pack_with_a_missing_or_damaged_shard_is_refused_naming_verify(

@@ -8,8 +8,9 @@ streamed shard by shard when it is larger than `cache_gb` allows (data/pack_cach
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -166,11 +167,12 @@ class PackedLoader(Loader):
             return shards, tf.data.TFRecordDataset
 
         def stream(url: tf.Tensor) -> tf.data.Dataset:
+            # Records cross from Python in lists: each crossing takes the GIL and a tensor conversion.
             return tf.data.Dataset.from_generator(
-                lambda u: stream_records(place, u.decode()),
+                lambda u: _in_lists(stream_records(place, u.decode()), _HANDOFF_RECORDS),
                 args=(url,),
-                output_signature=tf.TensorSpec([], tf.string),
-            )
+                output_signature=tf.TensorSpec([None], tf.string),
+            ).unbatch()
 
         return pack.shards, stream
 
@@ -257,3 +259,9 @@ class PackedLoader(Loader):
             return images, tf.cast(example["label"], tf.int32)
 
         return parse
+
+
+def _in_lists(records: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    """The records in lists of `size`, the last one shorter."""
+    while chunk := list(itertools.islice(records, size)):
+        yield chunk
