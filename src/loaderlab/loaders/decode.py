@@ -212,8 +212,9 @@ def _recycle_freed_memory(pad_bytes: int = 16 * 2**20, mmap_threshold: int = 32 
 
     Worker threads' arenas are trimmed after each large free, and large blocks are mapped and
     unmapped each time, so every image decoded off the main thread was page-faulted anew (the cost
-    is in docs/benchmarks.md). Both values are what MALLOC_TOP_PAD_ and MALLOC_MMAP_THRESHOLD_
-    would set (32 MB is glibc's own ceiling).
+    is in docs/benchmarks.md). The values are what MALLOC_TOP_PAD_, MALLOC_MMAP_THRESHOLD_ and
+    MALLOC_TRIM_THRESHOLD_ would set (32 MB is glibc's own ceiling; twice it, the trim threshold
+    glibc pairs with a raised mmap threshold, keeps a freed batch for the next one).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -222,11 +223,12 @@ def _recycle_freed_memory(pad_bytes: int = 16 * 2**20, mmap_threshold: int = 32 
         if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt"):
             libc.mallopt(_M_TOP_PAD, pad_bytes)
             libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold)
     except OSError:  # not glibc (musl, ...): nothing to tune
         pass
 
 
-_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # from glibc's malloc.h
 
 
 def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
