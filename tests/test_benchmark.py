@@ -131,8 +131,10 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
 
 
 def fake_result(entry: str, rate: float) -> EntryResult:
-    extra = {"one_core_images_per_sec": rate / 2, "all_cores_ratio": 0.85} if entry == DECODE_LIMIT else {}
-    extra |= {} if entry == DECODE_LIMIT else {"cores_busy": 1.93}
+    if entry == DECODE_LIMIT:
+        extra = {"one_core_images_per_sec": rate / 2, "all_cores_ratio": 0.85}
+    else:
+        extra = {"cores_busy": 1.93}
     return EntryResult(entry, rate, [rate], 64, 100.0, 90.0, "pss_sum", {}, extra)
 
 

@@ -123,8 +123,9 @@ def test_a_throttled_store_is_retried_while_packing_and_reading(s3, tiny_root: P
     assert len(got[1]) == len(split) and not s3.failures  # every injected failure was met and retried
 
 
-def test_a_streamed_shard_is_cut_into_its_records_across_reads(s3, tmp_path: Path, monkeypatch) -> None:
-    """Records cut from whole reads: one longer than a read, one empty; a shard cut short is refused."""
+def test_a_streamed_shard_gives_its_records_whatever_the_read_size(s3, tmp_path: Path, monkeypatch) -> None:
+    """Every record back, an empty one and one longer than a read among them; a shard cut short is
+    refused, naming verify."""
     import tensorflow as tf
 
     records = [b"a" * 10, b"", np.random.default_rng(0).bytes(5000), b"b" * 17]
