@@ -28,7 +28,7 @@ _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
 }
-_HANDOFF_RECORDS = 64  # records a shard's reader thread passes on at once
+_HANDOFF_RECORDS = 64  # records a shard's reader passes on at once
 
 
 class PackedLoader(Loader):
@@ -160,19 +160,21 @@ class PackedLoader(Loader):
         return ds, records
 
     def _shards(self, pack: Pack, place: PackRoot) -> tuple[list[str], Callable]:
-        """The shards to read and how: local files (a store's cached here first), or, for a store's
-        pack larger than the cache, its URLs streamed."""
+        """The shards to read and how, each as runs of up to _HANDOFF_RECORDS records: local files (a
+        store's cached here first), or, for a store's pack larger than the cache, its URLs streamed.
+
+        Runs, not single records: a record handed from a reader thread, or from Python, one at a
+        time left the cores idle about 3% of the time (docs/packs.md, "Full speed")."""
         shards = local_shards(pack, place, self.cache_gb)
         if shards is not None:
-            return shards, tf.data.TFRecordDataset
+            return shards, lambda shard: tf.data.TFRecordDataset(shard).batch(_HANDOFF_RECORDS)
 
         def stream(url: tf.Tensor) -> tf.data.Dataset:
-            # Records cross from Python in lists: each crossing takes the GIL and a tensor conversion.
             return tf.data.Dataset.from_generator(
                 lambda u: _in_lists(stream_records(place, u.decode()), _HANDOFF_RECORDS),
                 args=(url,),
                 output_signature=tf.TensorSpec([None], tf.string),
-            ).unbatch()
+            )
 
         return pack.shards, stream
 
@@ -194,25 +196,20 @@ class PackedLoader(Loader):
         every count-th record only, from a fixed order."""
         spec = decoder.spec
         records = pack.records if records is None else records
-        if part is not None:  # the same order in every worker, so their parts are disjoint
-            ds = tf.data.Dataset.from_tensor_slices(shards).flat_map(read).shard(*part)
-            if training:
-                ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        elif training:  # shards in a new order each epoch, read in parallel, records shuffled in a buffer
-            files = tf.data.Dataset.from_tensor_slices(shards)
+        files = tf.data.Dataset.from_tensor_slices(shards)
+        if training and part is None:  # shards in a new order each epoch, read in parallel
             files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
             readers = max(1, min(len(shards), self.num_parallel_calls))
-            # Each reader hands records over in chunks: one handoff per record left the cores idle
-            # about 3% of the time (docs/packs.md, "Full speed").
-            ds = files.interleave(
-                lambda shard: read(shard).batch(_HANDOFF_RECORDS),
-                cycle_length=readers,
-                num_parallel_calls=readers,
-                deterministic=False,
-            ).unbatch()
+            runs = files.interleave(
+                read, cycle_length=readers, num_parallel_calls=readers, deterministic=False
+            )
+        else:  # the manifest's order: as the other loaders validate; the same in every worker
+            runs = files.flat_map(read)
+        ds = runs.unbatch()
+        if part is not None:  # every worker's part of one order: disjoint
+            ds = ds.shard(*part)
+        if training:  # records shuffled in a bounded buffer
             ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        else:  # the manifest's order, as the other loaders validate
-            ds = tf.data.Dataset.from_tensor_slices(shards).flat_map(read)
 
         ds = ds.batch(batch_size)
         if endless:  # epoch after epoch, each whole; the decode below runs on across their edges
