@@ -15,7 +15,7 @@ from pathlib import Path
 
 import loaderlab  # noqa: F401  registers the ${project_root:} resolver
 from loaderlab.journal import JOURNAL_GLOB, rejected_path
-from loaderlab.run_log import CREDENTIALS_HINT, deliver_journal
+from loaderlab.run_log import deliver_journal
 from loaderlab.utils.paths import OUTPUTS
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     unsettled = 0
     for journal in journals:
         try:
-            left, rejected = deliver_journal(journal)
+            left, rejected, stopped = deliver_journal(journal)
         except BlockingIOError:
             print(f"{journal}: skipped, a job that is still running holds it and delivers it itself.")
             continue
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{journal}: not delivered ({type(e).__name__}: {e}).")
             unsettled += 1
             continue
-        outcome = "delivered" if not left else f"{left} record(s) left; is the server up? {CREDENTIALS_HINT}"
+        outcome = (
+            "delivered" if not left else f"{left} record(s) left. {stopped} Run this again once it does."
+        )
         if rejected:
             outcome += f"; {rejected} record(s) rejected by the server, kept in {rejected_path(journal)}"
         print(f"{journal}: {outcome}")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from helpers import free_ports, wait_for_health
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.synthetic import generate
+from mlflow_server import Server
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Every process the suite starts inherits this mark, so one left behind is found even once orphaned.
@@ -110,6 +111,22 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory):
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # a graceful stop waits ~30 s on idle keep-alive clients
         server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory):
+    """One server for the module; each test logs to its own experiment."""
+    server = Server(tmp_path_factory.mktemp("server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(module_server: Server) -> Server:
+    """The module's server, up when the test starts, whatever an earlier test left behind."""
+    module_server.ensure_up()
+    return module_server
 
 
 PACK_ROOT: list[Path] = []  # where tests' packed loaders write: the session's own folder

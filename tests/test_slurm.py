@@ -16,9 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT_ROOT, train_command
+from mlflow_server import Server
 from slurm_cluster import SlurmCluster, missing
-from test_tracking_outage import Server
-from test_tracking_outage import server as server  # noqa: F401  the team server every job reaches
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 

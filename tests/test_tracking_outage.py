@@ -16,56 +16,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ADMIN, ADMIN_PASSWORD, create_user, train_command
-from helpers import free_ports, wait_for_health
+from helpers import free_ports
 from loaderlab import PROJECT_ROOT
+from mlflow_server import Server
 
 pytestmark = pytest.mark.slow
 EPOCHS = 6
 # MLflow's own retries off: only the project's journal can carry metrics across the outage.
 NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1 that can be stopped and started again on the same port and store."""
-
-    def __init__(self, folder: Path):
-        [self.port] = free_ports(1)
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.folder = folder
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
-            "--artifacts-destination", str(self.folder / "server-artifacts"), "--workers", "1",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        wait_for_health(self.uri, timeout_s=120)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        deadline = time.monotonic() + 60
-        while _answers(self.uri) and time.monotonic() < deadline:  # its workers too
-            time.sleep(0.2)
-
-
-def _answers(uri: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 class Job:
@@ -118,15 +76,6 @@ def assert_every_epoch_delivered(uri: str, experiment: str) -> None:
     assert {"peak_rss_mb", "best_val_loss", "images_per_sec"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"train.log", "checkpoints", ".hydra"} <= artifacts
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """One server for the module: each test leaves it running, and logs to its own experiment."""
-    server = Server(tmp_path_factory.mktemp("server"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_an_outage_mid_run_loses_no_metric(tmp_path: Path, tiny_root: Path, server: Server) -> None:
@@ -191,6 +140,70 @@ def wait_until(condition, timeout_s: float = 300, what: str = "") -> None:
 def deliver_py(*folders: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, str(PROJECT_ROOT / "src" / "deliver.py"), *map(str, folders)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_a_refused_connection_is_no_answer_and_a_refused_login_is_not(auth_server: str) -> None:
+    """Judged from real errors: MLflow's client against a closed port, and against a server that
+    wants a login it was not given."""
+    from mlflow.exceptions import MlflowException
+
+    from loaderlab.run_log import CREDENTIALS_HINT, outage
+    from loaderlab.utils.errors import is_no_answer
+
+    [port] = free_ports(1)
+    closed = f"http://127.0.0.1:{port}"
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(closed).search_experiments()
+    assert is_no_answer(refused.value)
+    assert outage(closed, refused.value) == f"The tracking server {closed} does not answer."
+    with pytest.raises(MlflowException) as unauthorised:
+        MlflowClient(auth_server).search_experiments()  # no credentials in the environment
+    assert not is_no_answer(unauthorised.value)
+    assert "does not take records now" in outage(auth_server, unauthorised.value)
+    assert CREDENTIALS_HINT in outage(auth_server, unauthorised.value)
+
+
+def test_an_outage_between_the_probe_and_the_send_is_told_as_no_answer(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The window forced every time: the server stops right after the delivery thread's probe said
+    yes, so the send itself meets a refused connection. The job says "does not answer" (no
+    credentials hint), keeps every record, and delivers them all once the server is back."""
+    import loaderlab.run_log as run_log_module
+    from loaderlab.run_log import CREDENTIALS_HINT, RunLog
+
+    run_id, _ = new_run(server.uri, "probe-then-gone")
+    run_log = RunLog(server.uri, run_id, tmp_path, retry_s=0.2)
+    log_epochs(run_log, range(2))
+    wait_until(lambda: run_log.pending == 0, what="the first epochs delivered")
+    real_probe, real_deliver = run_log_module.server_answers, run_log_module.deliver_record
+    armed, send_errors = threading.Event(), []
+
+    def probe_then_stop(uri: str, timeout_s: float = 5.0) -> bool:
+        answered = real_probe(uri, timeout_s)
+        if answered and armed.is_set():
+            armed.clear()
+            server.stop()  # after the probe's yes, before the send
+        return answered
+
+    def deliver_and_keep_its_error(*args) -> None:
+        try:
+            real_deliver(*args)
+        except Exception as e:
+            send_errors.append(e)
+            raise
+
+    monkeypatch.setattr(run_log_module, "server_answers", probe_then_stop)
+    monkeypatch.setattr(run_log_module, "deliver_record", deliver_and_keep_its_error)
+    armed.set()
+    log_epochs(run_log, range(2, 4))
+    wait_until(lambda: server_log_has_waited(run_log), what="the journal waiting for the server")
+    assert not armed.is_set() and send_errors, "the send after the probe did not fail"
+    assert "does not answer" in caplog.text
+    assert "does not take records" not in caplog.text and CREDENTIALS_HINT not in caplog.text
+    server.start()
+    assert run_log.close("FINISHED", 120) == 0
+    assert_on_server(server.uri, run_id, 4)
 
 
 def test_an_unwritable_store_behind_a_healthy_server_costs_nothing(server: Server, tmp_path: Path) -> None:

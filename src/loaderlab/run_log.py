@@ -33,12 +33,14 @@ from loaderlab.journal import (
     short,
     write_atomic,
 )
+from loaderlab.utils.errors import is_no_answer
 
 log = logging.getLogger(__name__)
 _BATCH = 100  # MLflow takes at most 100 params or tags per log_batch call
 # The answers that reject a record itself (a param that conflicts, a deleted run): the record is
-# kept aside and delivery goes on. Every other failure (401, 403, 429, 5xx, "database is locked",
-# a refused connection) is an outage, waited out.
+# kept aside and delivery goes on. Every other failure is an outage, waited out: no answer at all (a
+# refused, reset or timed-out connection), or an answer that takes nothing now (401, 403, 429, 5xx,
+# "database is locked").
 REJECTIONS = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE"})
 CREDENTIALS_HINT = (
     "If the server asks for a login, set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
@@ -67,6 +69,14 @@ def server_answers(uri: str, timeout_s: float = 5.0) -> bool:
         return True
     except Exception:  # noqa: BLE001  no answer, whatever the transport says
         return False
+
+
+def outage(uri: str, error: BaseException) -> str:
+    """What an outage is, judged by its error alone: "does not answer", or "does not take records now
+    (its error)" with the credentials hint (a 401 or 403 looks like any other refusal from here)."""
+    if is_no_answer(error):
+        return f"The tracking server {uri} does not answer."
+    return f"The tracking server {uri} does not take records now ({short(error)}). {CREDENTIALS_HINT}"
 
 
 def is_rejection(error: BaseException) -> bool:
@@ -111,7 +121,8 @@ def send(
     with an error: rejected, and kept aside; not done: an outage, the record to be sent again.
 
     The server is asked first, so a caller waits in its own loop, not inside MLflow's retries
-    (minutes); only a call already under way when the server goes away sits in those."""
+    (minutes); only a call already under way when the server goes away sits in those. The probe only
+    saves that wait: what a failure was is judged from its own error (see `outage`)."""
     if not server_answers(uri):
         return False, NoAnswerError(uri)
     try:
@@ -172,6 +183,7 @@ class RunLog:
         self._closing_since: float | None = None  # set by close(): deliver while the server answers
         self._wait_s = math.inf
         self._outage_since: float | None = None
+        self._outage: tuple[bool, str] | None = None  # (no answer at all, `outage`'s words) while one lasts
         self._thread = threading.Thread(target=self._deliver_all, name="mlflow-delivery", daemon=True)
         self._thread.start()
 
@@ -241,10 +253,10 @@ class RunLog:
         left = self.pending
         if left:
             log.warning(
-                "The tracking server %s did not take %d record(s) of run %s (metrics, tags, artifacts "
-                "or its end status); they are kept in %s. %s Deliver them once it is back: "
-                "python src/deliver.py %s",
-                self.uri, left, self.run_id, self.path, CREDENTIALS_HINT, self.path.parent,
+                "%s %d record(s) of run %s (metrics, tags, artifacts or its end status) are kept in %s. "
+                "Deliver them once the server takes them: python src/deliver.py %s",
+                self._outage[1] if self._outage else "Delivery stopped on an unexpected error (above).",
+                left, self.run_id, self.path, self.path.parent,
             )  # fmt: skip
         else:
             self.path.unlink(missing_ok=True)
@@ -306,15 +318,15 @@ class RunLog:
                 write_atomic(self._offset_file, str(self._delivered))
 
     def _note_outage(self, error: BaseException) -> None:
+        """Log an outage when it begins, and again when it changes (gone, then refusing a login)."""
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            silent = isinstance(error, NoAnswerError)
+        silent, what = is_no_answer(error), outage(self.uri, error)
+        if self._outage is None or self._outage[0] != silent:
             log.warning(
-                "The tracking server %s %s; training goes on, and what it logs waits in %s until it "
-                "takes it.%s",
-                self.uri, "does not answer" if silent else f"does not take records now ({short(error)})",
-                self.path, "" if silent else f" {CREDENTIALS_HINT}",
-            )  # fmt: skip
+                "%s Training goes on; what it logs waits in %s until the server takes it.", what, self.path
+            )
+        self._outage = silent, what
 
     def _note_back(self) -> None:
         if self._outage_since is not None:
@@ -322,30 +334,31 @@ class RunLog:
                 "The tracking server %s is back after %.0f s; delivering what waited.",
                 self.uri, time.monotonic() - self._outage_since,
             )  # fmt: skip
-            self._outage_since = None
+            self._outage_since = self._outage = None
 
 
 class NoAnswerError(ConnectionError):
     """The tracking server does not answer at all."""
 
 
-def deliver_journal(path: Path) -> tuple[int, int]:
-    """Deliver what a journal still holds, now: (records left, records kept aside as rejected).
+def deliver_journal(path: Path) -> tuple[int, int, str | None]:
+    """Deliver what a journal still holds, now: (records left, records kept aside as rejected, what
+    stopped delivery as `outage` words it, or None).
 
     Raises BlockingIOError when a live job holds the journal."""
     lock = JournalLock(Path(path))
     if not lock.acquire(wait=False):
         if not Path(path).exists():
-            return 0, 0
+            return 0, 0, None
         raise BlockingIOError(f"{path} is held by a job that is still running; it delivers it itself.")
     try:
         header, records, delivered = read_journal(Path(path))
         offset_file = Path(path).with_suffix(".delivered")
-        client, rejected = MlflowClient(header["uri"]), 0
+        client, rejected, stopped = MlflowClient(header["uri"]), 0, None
         for record in records[delivered:]:
             done, error = send(client, header["uri"], header["run_id"], Path(path), record)
             if not done:
-                log.warning("%s: the server does not take records now (%s)", path, short(error))
+                stopped = outage(header["uri"], error)
                 break
             rejected += error is not None
             delivered += 1
@@ -356,7 +369,7 @@ def deliver_journal(path: Path) -> tuple[int, int]:
         if not left:
             Path(path).unlink()
             offset_file.unlink(missing_ok=True)
-        return left, rejected
+        return left, rejected, stopped
     finally:
         lock.release()
 

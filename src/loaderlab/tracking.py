@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import PROJECT_ROOT
 from loaderlab.data.storage import redact
+from loaderlab.journal import short
 from loaderlab.run_log import RunLog, http_status
+from loaderlab.utils.errors import is_no_answer
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,18 @@ def connect(uri: str, experiment: str, artifact_location: str | None = None) -> 
     """Point MLflow at the store and return the experiment id, creating it if needed."""
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    try:
+        return _experiment_id(uri, experiment, artifact_location)
+    except MlflowException as e:  # the server went away after check_reachable's answer
+        if not is_no_answer(e):
+            raise
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} stopped answering ({short(e)}). Start it again, or set "
+            "tracking.uri to another store."
+        ) from e
+
+
+def _experiment_id(uri: str, experiment: str, artifact_location: str | None) -> str:
     with store_lock(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loaderlab.utils.errors import error_chain
 from loaderlab.utils.system import usable_cores
 
 # storage_options values shown in params, tags, run names and logs: only these keys', whatever
@@ -249,7 +250,7 @@ def explain(url: str, error: BaseException) -> str:
 
     Judged by the exception's type and the store's error code or HTTP status, never by its text,
     which may quote an object name such as '...20240403.jpg'."""
-    chain = _chain(error)
+    chain = error_chain(error)
     code, status = _code_and_status(chain)
     names = {type(e).__name__ for e in chain}
     bucket = url.split("://", 1)[-1].split("/", 1)[0]
@@ -273,15 +274,6 @@ def explain(url: str, error: BaseException) -> str:
             "data.storage_options.endpoint_url."
         )
     return f"{url}: the store failed the request ({type(error).__name__}: {_first_line(error)})."
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """The error and the errors it was raised from (s3fs keeps botocore's ClientError as the cause)."""
-    chain: list[BaseException] = []
-    while error is not None and error not in chain and len(chain) < 10:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
 
 
 def _code_and_status(chain: list[BaseException]) -> tuple[str | None, int | None]:
