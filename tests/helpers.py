@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 import urllib.request
@@ -88,3 +89,50 @@ def wait_for_health(uri: str, timeout_s: float = 60, path: str = "/health", proc
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+LOADER_NAMES = ["inmemory", "generator", "sequence", "tfdata", "packed"]
+
+
+def make_named_loader(name: str, pack_root: Path | str, **kwargs):
+    """One of LOADER_NAMES with the tests' settings; a packed loader writes its packs under pack_root."""
+    if name == "packed":
+        from loaderlab.loaders.packed import PackedLoader
+
+        return PackedLoader(root=str(pack_root), progress=False, **kwargs)
+    if name == "inmemory":
+        from loaderlab.loaders.inmemory import InMemoryLoader
+
+        return InMemoryLoader(**kwargs)
+    if name == "generator":
+        from loaderlab.loaders.generator import GeneratorLoader
+
+        return GeneratorLoader()
+    if name == "sequence":
+        from loaderlab.loaders.sequence import SequenceLoader
+
+        return SequenceLoader(workers=2, **kwargs)
+    from loaderlab.loaders.tfdata import TFDataLoader
+
+    return TFDataLoader(**kwargs)
+
+
+def one_pass(feed):
+    """Yield (images, labels) batches of one pass over a loader's Feed, whatever its kind."""
+    if feed.y is not None:
+        for i in range(0, len(feed.y), feed.batch_size):
+            yield feed.x[i : i + feed.batch_size], feed.y[i : i + feed.batch_size]
+    elif feed.steps is not None:
+        yield from itertools.islice(feed.x, feed.steps)
+    elif hasattr(feed.x, "__getitem__"):
+        for i in range(len(feed.x)):
+            yield feed.x[i]
+    else:
+        for images, labels in feed.x:
+            yield images.numpy(), labels.numpy()
+
+
+def collect(feed) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over a Feed, its batches joined: (images, labels)."""
+    batches = list(one_pass(feed))
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
