@@ -204,6 +204,29 @@ def test_sequence_under_multiworker_stops_both_workers_with_the_loaders_that_wor
     assert run.info.status == "FAILED" and "loader=sequence does not run" in run.data.tags["error"]
 
 
+@pytest.mark.slow
+def test_a_worker_unheard_past_the_heartbeat_timeout_fails_the_run_naming_the_setting(
+    tmp_path: Path, tiny_root: Path
+) -> None:
+    """Worker 1 stopped (SIGSTOP: its address still takes connections) under a 3 s heartbeat timeout:
+    the chief's run ends FAILED with a message that names strategy.heartbeat_timeout_s."""
+    cluster = start_cluster(
+        tmp_path, tiny_root, "trainer.epochs=50", "trainer.early_stopping_patience=null",
+        "strategy.heartbeat_timeout_s=3", "trainer.stall_timeout_s=600",
+    )  # fmt: skip
+    try:
+        first = cluster.folders[0] / "backup" / "ckpt-1.index"
+        wait_for(lambda: first.exists() or cluster.jobs[0].poll() is not None, 600, "epoch-1 checkpoint")
+        cluster.jobs[1].send_signal(signal.SIGSTOP)
+        wait_for(lambda: cluster.jobs[0].poll() is not None, 300, "chief exit")
+    finally:
+        cluster.stop()  # SIGKILL ends a stopped process too
+    assert cluster.jobs[0].returncode != 0, cluster.output(0)[-3000:]
+    _, run = chief_run(tmp_path)
+    assert run.info.status == "FAILED", cluster.output(0)[-3000:]
+    assert "raise strategy.heartbeat_timeout_s" in run.data.tags["error"], run.data.tags["error"]
+
+
 @pytest.fixture(scope="module")
 def killed_cluster(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path):
     """Two workers, worker 1 killed with SIGKILL during epoch 2; (outputs, cluster, seconds to end)."""

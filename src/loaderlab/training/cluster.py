@@ -26,6 +26,41 @@ class WorkerLostError(RuntimeError):
     """A collective failed because another worker of the cluster went away."""
 
 
+# The errors a collective raises when the cluster breaks: a peer gone, hung, or unheard.
+CLUSTER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+)
+
+
+def multiworker_strategy(heartbeat_timeout_s: float = 60.0, **options: Any) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy whose coordination service waits heartbeat_timeout_s for a worker's
+    heartbeat before it fails the cluster (TensorFlow's own 10 s aborts a busy machine's cluster).
+
+    No public API sets it: the private context call is the one the strategy itself makes, with only
+    the timeout added, made first so that the strategy keeps it."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    jobs = [job for job in ("chief", "worker") if job in spec.jobs]
+    if resolver.task_type in jobs and context.context().coordination_service is None:
+        context.context().configure_coordination_service(
+            service_type="standalone",
+            service_leader=multi_worker_util.coordination_leader(spec),
+            coordinated_jobs=[
+                coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+                for job in jobs
+            ],
+            heartbeat_timeout_in_ms=int(heartbeat_timeout_s * 1000),
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, **options)
+
+
 def gather(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
     """Every worker's `values`, on every worker, in worker order: shape (workers, len(values))."""
     per_replica = strategy.experimental_distribute_values_from_function(
@@ -108,14 +143,24 @@ def unreachable_workers(cluster: dict[str, list[str]], me: Worker) -> list[str]:
     return lost
 
 
-def lost_worker_message(strategy: tf.distribute.Strategy, me: Worker, wait_s: float = 0.0) -> str:
+def lost_worker_message(
+    strategy: tf.distribute.Strategy, me: Worker, wait_s: float = 0.0, error: BaseException | None = None
+) -> str:
     """Why the cluster stopped, naming the workers that went away where they can be told. `wait_s`:
     how long to look again, after a peer reset its connection (a dying process still answers for a
-    moment, longer on a busy machine)."""
+    moment, longer on a busy machine). `error`: the collective's own error, where there is one."""
     cluster = strategy.cluster_resolver.cluster_spec().as_dict()
     deadline = time.monotonic() + wait_s
     while not (lost := unreachable_workers(cluster, me)) and time.monotonic() < deadline:
         time.sleep(0.5)
+    if not lost and error is not None and "heartbeat" in str(error):  # the coordination service's words
+        return (
+            f"TensorFlow's coordination service heard no heartbeat from a worker of the {me.count}-worker "
+            "cluster within strategy.heartbeat_timeout_s, while every worker's address still answers: a "
+            "worker hung, or the machine was too busy to send one in time. If the workers are only "
+            "busy, raise strategy.heartbeat_timeout_s and restart every worker (trainer.resume=<its run "
+            "folder> continues from the last finished epoch)."
+        )
     who = ", ".join(lost) if lost else "another worker (all addresses still answer: it may hang)"
     return (
         f"Lost {who} of the {me.count}-worker cluster: worker {me.index} waited for it in a collective "

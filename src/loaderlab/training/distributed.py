@@ -25,6 +25,7 @@ from loaderlab.data.manifest import Split
 from loaderlab.loaders.base import Loader
 from loaderlab.loaders.decode import ImageDecoder
 from loaderlab.training.cluster import (
+    CLUSTER_ERRORS,
     SUM,
     EpochState,
     WorkerLostError,
@@ -179,7 +180,11 @@ def build_data(
     train_ds, readable = worker_part(loader, train, decoder, batch, True, seed + worker.index, worker)
     val_data, _ = worker_part(loader, val, decoder, val_batch, False, seed, worker)
     train_data = training_data(strategy, worker, train_ds, batch)
-    return Data(train_data, val_data, plan.agreed(gather(strategy, [float(readable)])[:, 0]))
+    try:  # the cluster's first collective
+        readable_per_worker = gather(strategy, [float(readable)])[:, 0]
+    except CLUSTER_ERRORS as e:
+        raise WorkerLostError(f"{lost_worker_message(strategy, worker, 15.0, e)} ({type(e).__name__})") from e
+    return Data(train_data, val_data, plan.agreed(readable_per_worker))
 
 
 def _sums(labels: tf.Tensor, probs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -286,10 +291,8 @@ def fit(
             state.save(epoch + 1)
             if model.stop_training:  # EarlyStopping: every worker sees the same val_loss, so all stop
                 break
-    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
-            tf.errors.DeadlineExceededError) as e:  # fmt: skip
-        message = lost_worker_message(strategy, worker, wait_s=15.0)
-        raise WorkerLostError(f"{message} ({type(e).__name__})") from e
+    except CLUSTER_ERRORS as e:
+        raise WorkerLostError(f"{lost_worker_message(strategy, worker, 15.0, e)} ({type(e).__name__})") from e
     hooks.on_train_end(logs)
     return model.history
 
