@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import subprocess
 import sys
@@ -17,26 +18,41 @@ from loaderlab.utils.system import MB
 HOLD_MB = 300
 
 
+# A parent of its own, idle, that starts one child on request; the sampler reads that parent's tree,
+# so nothing else this test process holds or frees (other tests' servers and heaps) is counted.
+PARENT = (
+    "import subprocess, sys\n"
+    "print('up', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "hold = f'import numpy as np, time; a = np.ones({HOLD_MB} * 2**20, np.uint8); "
+    'print("ready", flush=True); time.sleep(120)\'\n'
+    "child = subprocess.Popen([sys.executable, '-c', hold], stdout=subprocess.PIPE, text=True)\n"
+    "print(child.stdout.readline().strip(), flush=True)\n"
+    "child.wait()\n"
+)
+
+
 def test_sampler_sees_a_known_allocation_in_a_child_process() -> None:
-    sampler = MemorySampler(interval_s=0.02)
-    before = sampler.start().sample()
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import numpy as np, time; a = np.ones({HOLD_MB} * 2**20, np.uint8); "
-            "print('ready', flush=True); time.sleep(60)",
-        ],
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.replace("{HOLD_MB}", str(HOLD_MB))],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
+        assert parent.stdout.readline().strip() == "up"
+        sampler = MemorySampler(pid=parent.pid, interval_s=0.02)
+        before = sampler.start().sample()
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "ready"
         peak = sampler.stop()
     finally:
-        child.kill()
-        child.wait()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for proc in psutil.Process(parent.pid).children(recursive=True):
+                proc.kill()
+        parent.kill()
+        parent.wait()
     grew_mb = (peak - before) / MB
     # the array, plus the child's interpreter and numpy (tens of MB)
     assert HOLD_MB <= grew_mb <= HOLD_MB + 80, f"peak grew {grew_mb:.0f} MB for a {HOLD_MB} MB child"
@@ -58,7 +74,7 @@ def test_pages_shared_with_a_forked_child_count_once() -> None:
     child.start()
     try:
         deadline = time.monotonic() + 60
-        while not psutil.Process().children() and time.monotonic() < deadline:
+        while child.pid not in {c.pid for c in psutil.Process().children()} and time.monotonic() < deadline:
             time.sleep(0.05)
         with_child = sampler.sample()
         assert child.is_alive()
