@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY, train_command
 
 pytestmark = pytest.mark.slow
+STALL_S = 30  # the watchdog test's trainer.stall_timeout_s
 PROCESSES = ["loader=sequence", "loader.use_multiprocessing=true", "loader.workers=2"]
 LOADERS = {
     "generator": ["loader=generator"],
@@ -168,7 +169,9 @@ def test_ctrl_c_to_the_process_group_ends_killed_with_the_whole_tree(
 def test_killed_workers_fail_the_run_and_the_watchdog_ends_the_tree(tmp_path: Path, tiny_root: Path) -> None:
     """Workers killed mid-epoch: the pool replaces them, but a batch a dead worker held never comes,
     and Keras would wait for it forever. They are killed for a few seconds, so one surely held one."""
-    job = TrainProcess(tmp_path, tiny_root, *PROCESSES, "trainer.stall_timeout_s=8")
+    # Far above an honest step here, the first of an epoch included (its pool of processes starts,
+    # each importing TensorFlow): 8 s fired in epoch 1 on a busy machine, before any kill.
+    job = TrainProcess(tmp_path, tiny_root, *PROCESSES, f"trainer.stall_timeout_s={STALL_S}")
     try:
         job.wait_for("Epoch 2/")
 
@@ -185,7 +188,7 @@ def test_killed_workers_fail_the_run_and_the_watchdog_ends_the_tree(tmp_path: Pa
         job.assert_session_ends()  # the pool's replacement workers too
     finally:
         job.kill()
-    print(f"\nSTOP killed-workers+watchdog(8s) loader=sequence-processes exit_s={seconds:.2f} left=0")
+    print(f"\nSTOP killed-workers+watchdog({STALL_S}s) loader=sequence-processes exit_s={seconds:.2f} left=0")
     run = job.run()
     assert run.info.status == "FAILED"
     assert "data worker process may have died" in run.data.tags["error"]

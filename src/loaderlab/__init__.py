@@ -8,3 +8,8 @@ __all__ = ["PROJECT_ROOT"]
 
 # `${project_root:}` in conf/ resolves to an absolute path, so outputs/ never depends on the cwd.
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+# `${pretrained_or:${model.weights},224,64}`: a backbone's native input size where it starts from
+# pretrained weights, a CPU-friendly one where it trains from scratch.
+OmegaConf.register_new_resolver(
+    "pretrained_or", lambda weights, native, scratch: scratch if weights is None else native, replace=True
+)

@@ -45,7 +45,7 @@ class ImageFileClassifier(mlflow.pyfunc.PythonModel):
         from loaderlab.loaders.decode import ImageDecoder, ImageSpec
         from loaderlab.models import register_all
 
-        register_all()  # the models' custom layers (VGGPreprocess): Keras does not import them itself
+        register_all()  # the models' custom layers (FamilyPreprocess): Keras does not import them itself
         facts = json.loads(Path(context.artifacts["facts"]).read_text())
         self.class_names = list(facts["class_names"])
         self.decoder = ImageDecoder(ImageSpec(**facts["spec"]))

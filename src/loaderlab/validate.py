@@ -44,7 +44,26 @@ def check_config(cfg: DictConfig) -> ImageSpec:
             f"model={cfg.model.name} needs model.input_size of at least {minimum} px, got "
             f"{spec.height}x{spec.width}. Set model.input_size={minimum} or more."
         )
+    _check_training_options(cfg)
     return spec
+
+
+def _check_training_options(cfg: DictConfig) -> None:
+    """The dtype policy and XLA setting this device can run, and imagenet weights in Keras' cache."""
+    from loaderlab.training.precision import dtype_policy_for, jit_compile_for, visible_gpu
+
+    dtype_policy_for(cfg.trainer.get("mixed_precision"), visible_gpu())
+    jit_compile_for(cfg.trainer.get("jit_compile", "auto"))
+    build, weights = cfg.model.build, cfg.model.get("weights")
+    if weights not in (None, "imagenet") and not is_url(str(weights)) and not Path(weights).is_file():
+        raise ConfigError(
+            f"model.weights is not a file. Set model.weights to null, imagenet, or the path of a weights "
+            f"file of the model's base without its top. Received: weights={weights}"
+        )
+    if weights == "imagenet" and "application" in build:
+        from loaderlab.models.backbone import fetch_imagenet_weights
+
+        fetch_imagenet_weights(build.application, build.get("imagenet_file"), build.get("options"))
 
 
 def _select(cfg: DictConfig, dotted: str):

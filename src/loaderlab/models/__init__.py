@@ -7,7 +7,7 @@ import pkgutil
 
 
 def register_all() -> None:
-    """Import every model module, so Keras can load the custom layers they register (VGGPreprocess).
+    """Import every model module, so Keras can load the custom layers they register (FamilyPreprocess).
 
     Keras 3.9+ no longer imports a saved layer's module itself, so whoever loads a model file calls this.
     """

@@ -29,5 +29,6 @@ def build(
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    # float32 under mixed precision too: a softmax in float16 rounds small probabilities to zero
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="small_cnn")

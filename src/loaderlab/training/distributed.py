@@ -214,7 +214,8 @@ class Steps:
                 loss = loss_sum / context.all_reduce(SUM, count)
                 if model.losses:
                     loss += tf.add_n(model.losses) / context.num_replicas_in_sync
-            grads = tape.gradient(loss, model.trainable_variables)
+                scaled = model.optimizer.scale_loss(loss)  # mixed_float16's loss scale; else the loss
+            grads = tape.gradient(scaled, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return context.all_reduce(SUM, tf.stack([loss_sum, correct, count]))
 

@@ -247,13 +247,16 @@ def _log_global_batches(cfg: DictConfig, strategy: Any, worker: Worker, run_log:
 
 
 def _build_model(cfg: DictConfig, spec: ImageSpec, manifest: Manifest, strategy: Any):
-    """The compiled model, made in the strategy's scope."""
-    with strategy.scope():
+    """The compiled model, made in the strategy's scope under trainer.mixed_precision's dtype policy."""
+    from loaderlab.training.precision import dtype_policy, dtype_policy_for, jit_compile_for, visible_gpu
+
+    with strategy.scope(), dtype_policy(dtype_policy_for(cfg.trainer.mixed_precision, visible_gpu())):
         model = instantiate(cfg.model.build, input_shape=spec.shape, num_classes=manifest.num_classes)
         model.compile(
             optimizer=instantiate(cfg.trainer.optimizer),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
+            loss=cfg.trainer.loss,
+            metrics=list(cfg.trainer.metrics),
+            jit_compile=jit_compile_for(cfg.trainer.jit_compile),
         )
     return model
 
