@@ -143,7 +143,9 @@ def test_imagenet_weights_offline_stop_the_run_before_any_data_naming_the_file(t
 
     data_root = tmp_path / "not-yet-generated"
     command = train_command(tmp_path, data_root, "model=mobilenetv3small", "model.weights=imagenet")
-    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras-home")}
+    # A proxy on a closed port: offline for urllib (Keras' download) wherever the suite runs.
+    offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    env = {**os.environ, **offline, "KERAS_HOME": str(tmp_path / "keras-home")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-3000:]
