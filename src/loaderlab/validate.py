@@ -55,10 +55,11 @@ def _check_training_options(cfg: DictConfig) -> None:
     dtype_policy_for(cfg.trainer.get("mixed_precision"), visible_gpu())
     jit_compile_for(cfg.trainer.get("jit_compile", "auto"))
     build, weights = cfg.model.build, cfg.model.get("weights")
-    if weights not in (None, "imagenet") and not is_url(str(weights)) and not Path(weights).is_file():
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise ConfigError(
-            f"model.weights is not a file. Set model.weights to null, imagenet, or the path of a weights "
-            f"file of the model's base without its top. Received: weights={weights}"
+            "model.weights is not a file. Set model.weights to null, imagenet, or the local path of a "
+            "weights file of the model's base without its top (an earlier run's weights, runs:/ or "
+            f"models:/, are not read yet). Received: weights={weights}"
         )
     if weights == "imagenet" and "application" in build:
         from loaderlab.models.backbone import fetch_imagenet_weights

@@ -91,9 +91,14 @@ def freeze_batchnorm(base: keras.Model) -> None:
 def fetch_imagenet_weights(application: str, imagenet_file: str | None, options: dict | None = None) -> None:
     """Have Keras download the base's imagenet weights into its cache now, before any data is read;
     a ConfigError naming the file and the folder where it cannot (offline)."""
-    if imagenet_file and (keras_models_folder() / imagenet_file).is_file():
-        return
-    _base(application, "imagenet", imagenet_file, (224, 224, 3), dict(options or {}))
+    if _cached(imagenet_file) is None:
+        _base(application, "imagenet", imagenet_file, (224, 224, 3), dict(options or {}))
+
+
+def _cached(imagenet_file: str | None) -> Path | None:
+    """The imagenet weights file in Keras' cache under Keras' own name, if it is there."""
+    path = keras_models_folder() / imagenet_file if imagenet_file else None
+    return path if path is not None and path.is_file() else None
 
 
 def _base(
@@ -101,8 +106,8 @@ def _base(
 ) -> keras.Model:
     """The base with its weights: a file already in Keras' cache is used as it is (no hash check)."""
     make = getattr(keras.applications, application)
-    if weights == "imagenet" and imagenet_file and (keras_models_folder() / imagenet_file).is_file():
-        weights = str(keras_models_folder() / imagenet_file)
+    if weights == "imagenet" and (cached := _cached(imagenet_file)) is not None:
+        weights = str(cached)
     try:
         return make(include_top=False, weights=weights, input_shape=shape, **options)
     except Exception as e:
