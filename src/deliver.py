@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             unsettled += 1
             continue
         outcome = (
-            "delivered" if not left else f"{left} record(s) left. {stopped} Run this again once it does."
+            "delivered" if not left else f"{left} record(s) left. {stopped} Run again when it takes them."
         )
         if rejected:
             outcome += f"; {rejected} record(s) rejected by the server, kept in {rejected_path(journal)}"
