@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,24 @@ def test_sequence_under_multiworker_stops_both_workers_with_the_loaders_that_wor
     assert all("loader=tfdata" in cluster.output(i) for i in range(2))
     _, run = chief_run(tmp_path)
     assert run.info.status == "FAILED" and "loader=sequence does not run" in run.data.tags["error"]
+
+
+def test_the_heartbeat_timeout_reaches_tensorflows_coordination_service() -> None:
+    """strategy.heartbeat_timeout_s is in the coordination service's config the strategy starts with
+    (it configures its own only where none is set), in a one-worker cluster of its own process."""
+    script = (
+        "from loaderlab.training.cluster import multiworker_strategy\n"
+        "from tensorflow.python.eager import context\n"
+        "multiworker_strategy(heartbeat_timeout_s=7)\n"
+        "print('TIMEOUT_MS', context.context().coordination_service.heartbeat_timeout_in_ms)\n"
+    )
+    [port] = free_ports(1)
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert "TIMEOUT_MS 7000" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 @pytest.mark.slow
