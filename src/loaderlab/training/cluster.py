@@ -143,6 +143,11 @@ def unreachable_workers(cluster: dict[str, list[str]], me: Worker) -> list[str]:
     return lost
 
 
+def worker_lost(strategy: tf.distribute.Strategy, me: Worker, error: BaseException) -> WorkerLostError:
+    """The error to raise for a collective that failed with `error`: why, as lost_worker_message says."""
+    return WorkerLostError(f"{lost_worker_message(strategy, me, 15.0, error)} ({type(error).__name__})")
+
+
 def lost_worker_message(
     strategy: tf.distribute.Strategy, me: Worker, wait_s: float = 0.0, error: BaseException | None = None
 ) -> str:

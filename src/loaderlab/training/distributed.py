@@ -28,10 +28,9 @@ from loaderlab.training.cluster import (
     CLUSTER_ERRORS,
     SUM,
     EpochState,
-    WorkerLostError,
     assign_reduced,
     gather,
-    lost_worker_message,
+    worker_lost,
 )
 from loaderlab.training.distribute import Worker
 from loaderlab.validate import ConfigError
@@ -183,7 +182,7 @@ def build_data(
     try:  # the cluster's first collective
         readable_per_worker = gather(strategy, [float(readable)])[:, 0]
     except CLUSTER_ERRORS as e:
-        raise WorkerLostError(f"{lost_worker_message(strategy, worker, 15.0, e)} ({type(e).__name__})") from e
+        raise worker_lost(strategy, worker, e) from e
     return Data(train_data, val_data, plan.agreed(readable_per_worker))
 
 
@@ -293,7 +292,7 @@ def fit(
             if model.stop_training:  # EarlyStopping: every worker sees the same val_loss, so all stop
                 break
     except CLUSTER_ERRORS as e:
-        raise WorkerLostError(f"{lost_worker_message(strategy, worker, 15.0, e)} ({type(e).__name__})") from e
+        raise worker_lost(strategy, worker, e) from e
     hooks.on_train_end(logs)
     return model.history
 

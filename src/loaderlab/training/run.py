@@ -325,7 +325,7 @@ def _callbacks(job: Job, batch_size: int) -> list:
 
         explain = None
         if worker.count > 1:  # a stall there is a lost worker: name it
-            from loaderlab.training.distributed import lost_worker_message
+            from loaderlab.training.cluster import lost_worker_message
 
             explain = functools.partial(lost_worker_message, job.strategy, worker)
         watchdog = StallWatchdog(cfg.trainer.stall_timeout_s, job.run_log.fail, explain=explain)
