@@ -12,12 +12,15 @@ from loaderlab.models.layers import augmentation
 def build(
     input_shape: tuple[int, int, int],
     num_classes: int,
-    filters: Sequence[int] = (32, 64, 128, 128),
+    filters: Sequence[int] = (16, 32, 64, 128),
     dropout: float = 0.2,
     bn_momentum: float = 0.9,
     augment: bool = True,
+    pooling: str = "max",
 ) -> keras.Model:
-    """Conv-BN-ReLU blocks with pooling, global average pooling and a softmax head."""
+    """Conv-BN-ReLU blocks with pooling, global max (or average) pooling and a softmax head."""
+    if pooling not in ("max", "avg"):
+        raise ValueError(f"pooling must be 'max' or 'avg'. Received: pooling={pooling!r}")
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
     for layer in augmentation(augment):
@@ -27,7 +30,9 @@ def build(
         x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    # max: a shape is told by a few local features (a corner, a curve); an average over the image dilutes them
+    pool = keras.layers.GlobalMaxPooling2D() if pooling == "max" else keras.layers.GlobalAveragePooling2D()
+    x = pool(x)
     x = keras.layers.Dropout(dropout)(x)
     # float32 under mixed precision too: a softmax in float16 rounds small probabilities to zero
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
