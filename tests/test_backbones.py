@@ -160,7 +160,7 @@ def test_mixed_precision_runs_where_the_device_can_and_is_refused_where_it_canno
     from loaderlab.validate import ConfigError
 
     before = keras.config.dtype_policy().name
-    cfg = make_cfg("trainer.mixed_precision=true", "trainer.checkpoint=true", experiment="mixed-precision")
+    cfg = make_cfg("trainer.mixed_precision=true", experiment="mixed-precision")
     if not (visible_gpu() or cpu_has_bfloat16()):
         with pytest.raises(ConfigError, match="bfloat16 instructions"):
             train(cfg)

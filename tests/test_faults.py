@@ -50,7 +50,7 @@ class TrainProcess:
             tmp_path,
             tiny_root,
             "trainer.epochs=200",
-            "trainer.early_stopping_patience=null",
+            "~callbacks.early_stopping",
             "batch.train=2",
             "hydra.run.dir=" + str(tmp_path / "run"),
             *overrides,

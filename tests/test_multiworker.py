@@ -230,7 +230,7 @@ def test_a_worker_unheard_past_the_heartbeat_timeout_fails_the_run_naming_the_se
     """Worker 1 stopped (SIGSTOP: its address still takes connections) under a 3 s heartbeat timeout:
     the chief's run ends FAILED with a message that names strategy.heartbeat_timeout_s."""
     cluster = start_cluster(
-        tmp_path, tiny_root, "trainer.epochs=50", "trainer.early_stopping_patience=null",
+        tmp_path, tiny_root, "trainer.epochs=50", "~callbacks.early_stopping",
         "strategy.heartbeat_timeout_s=3", "trainer.stall_timeout_s=600",
     )  # fmt: skip
     try:

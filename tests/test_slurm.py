@@ -185,7 +185,7 @@ def test_a_job_slurm_stops_ends_killed_and_resumes_its_run(
     experiment = "slurm-stop-" + "-".join(s.strip("-").replace("=", "-") for s in scancel)
     started = sweep(
         cluster, tmp_path, tiny_root, f"tracking.uri={server.uri}", f"tracking.experiment={experiment}",
-        "trainer.epochs=400", "trainer.early_stopping_patience=null", "loader=tfdata",
+        "trainer.epochs=400", "~callbacks.early_stopping", "loader=tfdata",
     )  # fmt: skip
     job_log = None
     deadline = time.monotonic() + 300

@@ -37,7 +37,7 @@ class Job:
             f"tracking.uri={uri}",
             "tracking.artifact_location=null",
             f"trainer.epochs={EPOCHS}",
-            "trainer.early_stopping_patience=null",
+            "~callbacks.early_stopping",
             "batch.train=8",
             f"hydra.run.dir={self.folder}",
             *overrides,

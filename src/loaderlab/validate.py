@@ -49,22 +49,85 @@ def check_config(cfg: DictConfig) -> ImageSpec:
 
 
 def _check_training_options(cfg: DictConfig) -> None:
-    """The dtype policy and XLA setting this device can run, and imagenet weights in Keras' cache."""
+    """The dtype policy and XLA setting this device can run, the recipe's values, and the weights."""
     from loaderlab.training.precision import dtype_policy_for, jit_compile_for, visible_gpu
 
-    dtype_policy_for(cfg.trainer.get("mixed_precision"), visible_gpu())
-    jit_compile_for(cfg.trainer.get("jit_compile", "auto"))
+    trainer = cfg.trainer
+    dtype_policy_for(trainer.get("mixed_precision"), visible_gpu())
+    jit_compile_for(trainer.get("jit_compile", "auto"))
+    _check_recipe(cfg)
     build, weights = cfg.model.build, cfg.model.get("weights")
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
+    if isinstance(weights, str) and weights.startswith(("runs:/", "models:/")):
+        from loaderlab.training.warm_start import check_exists
+
+        check_exists(weights)
+    elif weights is not None and "application" not in build:
         raise ConfigError(
-            "model.weights is not a file. Set model.weights to null, imagenet, or the local path of a "
-            "weights file of the model's base without its top (an earlier run's weights, runs:/ or "
-            f"models:/, are not read yet). Received: weights={weights}"
+            f"model={cfg.model.name} has no pretrained base: model.weights is null or an earlier run's, "
+            f"runs:/<run_id> or models:/<name>/<version>. Received: weights={weights}"
+        )
+    elif weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise ConfigError(
+            "model.weights is not a file. Set model.weights to null, imagenet, the local path of a weights "
+            "file of the model's base without its top, or an earlier run: runs:/<run_id> or "
+            f"models:/<name>/<version>. Received: weights={weights}"
         )
     if weights == "imagenet" and "application" in build:
         from loaderlab.models.backbone import fetch_imagenet_weights
 
         fetch_imagenet_weights(build.application, build.get("imagenet_file"), build.get("options"))
+
+
+def _check_recipe(cfg: DictConfig) -> None:
+    """trainer's schedule, smoothing, class weights and phases; callbacks entries that can be built."""
+    from loaderlab.training.recipe import LR_SCHEDULES
+
+    trainer = cfg.trainer
+    if trainer.get("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise ConfigError(
+            f"trainer.lr_schedule must be one of {list(LR_SCHEDULES)}. "
+            f"Received: lr_schedule={trainer.lr_schedule}"
+        )
+    smoothing = trainer.get("label_smoothing") or 0.0
+    if not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"trainer.label_smoothing must be in [0, 1). Received: label_smoothing={smoothing}")
+    if smoothing and trainer.loss != "sparse_categorical_crossentropy":
+        raise ConfigError(
+            "trainer.label_smoothing smooths the sparse cross-entropy only; set trainer.loss="
+            f"sparse_categorical_crossentropy or label_smoothing=0. Received: loss={trainer.loss}"
+        )
+    weights = trainer.get("class_weight")
+    if weights is not None and weights != "balanced" and not isinstance(weights, DictConfig):
+        raise ConfigError(
+            "trainer.class_weight must be null, balanced or {class_index: weight}. "
+            f"Received: class_weight={weights}"
+        )
+    freeze = trainer.get("freeze_epochs") or 0
+    if freeze:
+        if not 0 < freeze < trainer.epochs:
+            raise ConfigError(
+                "trainer.freeze_epochs must be between 1 and trainer.epochs - 1, so that phase 2 has epochs. "
+                f"Received: freeze_epochs={freeze}, epochs={trainer.epochs}"
+            )
+        if "application" not in cfg.model.build:
+            raise ConfigError(
+                f"trainer.freeze_epochs freezes a pretrained base; model={cfg.model.name} has none. Choose a "
+                "backbone (model=resnet50, efficientnetv2b0, ...) or set trainer.freeze_epochs=0. "
+                f"Received: freeze_epochs={freeze}"
+            )
+    multiworker = str(cfg.strategy.get("_target_", "")).endswith("multiworker_strategy")
+    for key in ("freeze_epochs", "class_weight", "overfit_batches"):
+        if multiworker and trainer.get(key):
+            raise ConfigError(
+                f"trainer.{key} is not run by strategy=multiworker's loop; use strategy=default or mirrored. "
+                f"Received: {key}={trainer.get(key)}"
+            )
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and "_target_" not in node:
+            raise ConfigError(
+                f"callbacks.{name} needs a _target_ (a Keras callback class), or null to turn it off. "
+                f"Received: {name}={node}"
+            )
 
 
 def _select(cfg: DictConfig, dotted: str):

@@ -30,6 +30,11 @@ class Split:
         keep = [i for i, p in enumerate(self.paths) if p not in bad_paths]
         return Split(tuple(self.paths[i] for i in keep), self.labels[keep])
 
+    def sample(self, count: int, seed: int) -> Split:
+        """`count` of this split's images (all of them if fewer), drawn with `seed`, in their order."""
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
+        return Split(tuple(self.paths[i] for i in keep), self.labels[keep])
+
 
 @dataclass(frozen=True)
 class Manifest:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,11 +39,27 @@ class Feed:
         if self.on_close is not None:
             self.on_close()
 
-    def fit_kwargs(self) -> dict[str, Any]:
-        """Arguments for model.fit's training data."""
+    def fit_kwargs(self, class_weight: dict[int, float] | None = None) -> dict[str, Any]:
+        """Arguments for model.fit's training data, weighted by class where class_weight is given."""
         if self.y is not None:
-            return {"x": self.x, "y": self.y, "batch_size": self.batch_size, "shuffle": True}
-        return {"x": self.x, "steps_per_epoch": self.steps, "shuffle": False}  # it shuffles itself
+            return {
+                "x": self.x,
+                "y": self.y,
+                "batch_size": self.batch_size,
+                "shuffle": True,
+                "class_weight": class_weight,
+            }
+        x = self.x
+        if class_weight is not None and inspect.isgenerator(x):
+            # Keras refuses class_weight for a Python generator (keras/src/trainers/data_adapters/__init__.py)
+            x, class_weight = _with_sample_weights(x, class_weight), None
+        return {"x": x, "steps_per_epoch": self.steps, "shuffle": False, "class_weight": class_weight}
+
+    def evaluate_kwargs(self) -> dict[str, Any]:
+        """Arguments for model.evaluate over this split once."""
+        if self.y is not None:
+            return {"x": self.x, "y": self.y, "batch_size": self.batch_size}
+        return {"x": self.x, "steps": self.steps}
 
     def validation_kwargs(self) -> dict[str, Any]:
         """Arguments for model.fit's validation data."""
@@ -63,6 +80,15 @@ class Loader(ABC):
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> Feed:
         """Build the feed; training=True shuffles every epoch, False keeps manifest order."""
+
+
+def _with_sample_weights(batches: Iterator, class_weight: dict[int, float]) -> Iterator:
+    """(images, labels) batches as (images, labels, weights): class_weight as Keras applies it."""
+    table = np.zeros(max(class_weight) + 1, np.float32)
+    for label, weight in class_weight.items():
+        table[label] = weight
+    for images, labels in batches:
+        yield images, labels, table[np.asarray(labels)]
 
 
 def num_batches(num_items: int, batch_size: int) -> int:

@@ -1,4 +1,5 @@
-"""Models; each is one module here plus one yaml in conf/model/. They take uint8 images."""
+"""Models; each is one module here plus one yaml in conf/model/. They take uint8 images.
+(losses.py holds the losses a saved model may name.)"""
 
 from __future__ import annotations
 

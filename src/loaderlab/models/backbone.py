@@ -1,5 +1,6 @@
 """Any keras.applications backbone: its family's own preprocessing inside the model, a new pooled
-softmax head, and weights from null, `imagenet` (Keras' own download and cache) or a local file."""
+softmax head, and weights from null, `imagenet` (Keras' own download and cache), a local file, or an
+earlier run (training/warm_start.py)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def build(
     x = FamilyPreprocess(preprocessing, dtype="float32", name="preprocess")(inputs)
     for layer in augmentation(augment):
         x = layer(x)
-    base = _base(application, weights, imagenet_file, (height, width, 3), options or {})
+    # An earlier run's weights (runs:/, models:/) are loaded into the whole model after it is built.
+    from_run = isinstance(weights, str) and weights.startswith(("runs:/", "models:/"))
+    base = _base(application, None if from_run else weights, imagenet_file, (height, width, 3), options or {})
     base.trainable = trainable_base
     if weights:
         freeze_batchnorm(base)

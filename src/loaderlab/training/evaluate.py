@@ -134,7 +134,7 @@ def finish_model(
     from loaderlab.serving import SPEC_FILE, write_facts
 
     best = state_dir / "checkpoints" / "best.keras"
-    if not best.exists():  # trainer.checkpoint=false, or no finished epoch
+    if not best.exists():  # no checkpoint callback (~callbacks.checkpoint), or no finished epoch
         return
     facts = write_facts(decoder.spec, manifest.class_names, best.parent / SPEC_FILE)
     if cfg.tracking.log_checkpoint:  # beside the checkpoint: eval.py reads it without the MLflow Model

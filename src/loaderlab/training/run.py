@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from loaderlab.loaders.base import Feed, Loader
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.run_log import RunLog
 from loaderlab.sweep import Sweep, SweepNeighbours, current_sweep, job_run_name
+from loaderlab.training import warm_start
 from loaderlab.training.context import BACKUP_DIR, RUN_ID_FILE, check_fresh_folder, hydra_facts, state_folder
 from loaderlab.training.distribute import Worker, worker_of
 from loaderlab.training.evaluate import finish_model
@@ -102,6 +103,7 @@ class Job:
     best_before: float  # the lowest val_loss earlier jobs of a resumed run reached
     owned: contextlib.ExitStack
     neighbours: SweepNeighbours | None = None  # in a sweep: counts its jobs running at once
+    shared_callbacks: list = dataclasses.field(default_factory=list)  # kept from one phase to the next
 
 
 def _train_logged(
@@ -151,7 +153,10 @@ def _train_logged(
 
 
 def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) -> None:
-    """model.fit on this process's feeds."""
+    """model.fit on this process's feeds, once per phase (trainer.freeze_epochs: the frozen base first)."""
+    from loaderlab.training import recipe
+    from loaderlab.training.callbacks import job_callbacks
+
     cfg, replicas = job.cfg, job.strategy.num_replicas_in_sync
     train_batch, val_batch = cfg.batch.train * replicas, cfg.batch.val * replicas
     train_feed = job.owned.enter_context(
@@ -159,16 +164,35 @@ def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) ->
     )
     val_feed = job.owned.enter_context(loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed))
     _log_feed_facts(job.run_log, [train_feed, val_feed])
-    model = _build_model(cfg, decoder.spec, manifest, job.strategy)
-    callbacks = _callbacks(job, train_batch)
+    model = recipe.build_model(cfg, decoder.spec, manifest.num_classes, job.strategy)
+    steps = recipe.steps_per_epoch(len(manifest.train), train_batch)
+    weights = recipe.class_weight_for(cfg.trainer.class_weight, manifest.train.labels, manifest.num_classes)
+    train_kwargs = train_feed.fit_kwargs(class_weight=weights)
     job.monitors.throughput.fit_start()
-    model.fit(
-        **train_feed.fit_kwargs(),
-        **val_feed.validation_kwargs(),
-        epochs=cfg.trainer.epochs,
-        callbacks=[*callbacks, *train_feed.callbacks, *val_feed.callbacks],
-        verbose=cfg.trainer.verbose,
-    )
+    start = 0
+    for phase in recipe.phases(cfg.trainer):
+        trainable = recipe.enter_phase(model, cfg, phase, steps, job.strategy)
+        job.run_log.metrics({f"trainable_params{f'_phase{phase.number}' if phase.number else ''}": trainable})
+        if start == 0 and warm_start.is_run_reference(cfg.model.get("weights")):
+            warm_start.load(model, cfg.model.weights, job.run_log)
+            warm_start.log_initial_evaluation(model, val_feed, job.run_log)
+        model._initial_epoch = None  # Keras keeps the epoch one fit's BackupAndRestore restored for the next
+        history = model.fit(
+            **train_kwargs,
+            **val_feed.validation_kwargs(),
+            initial_epoch=max(start, phase.first_epoch),
+            epochs=phase.end_epoch,
+            callbacks=[*job_callbacks(job, train_batch, phase), *train_feed.callbacks, *val_feed.callbacks],
+            verbose=cfg.trainer.verbose,
+        )
+        start = history.epoch[-1] + 1 if history.epoch else phase.end_epoch
+        if phase.number == 1 and start < phase.end_epoch:
+            log.warning(
+                "A callback (callbacks.early_stopping, say) ended phase 1 after epoch %d of "
+                "trainer.freeze_epochs=%d; phase 2 (fine-tuning) starts now.",
+                start,
+                phase.end_epoch,
+            )
 
 
 def _log_feed_facts(run_log: RunLog, feeds: list[Feed]) -> None:
@@ -185,7 +209,8 @@ def _log_feed_facts(run_log: RunLog, feeds: list[Feed]) -> None:
 
 def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) -> dict[str, float]:
     """The distributed loop in fit's place; returns every worker's peak memory, gathered on each."""
-    from loaderlab.training import cluster, distributed
+    from loaderlab.training import cluster, distributed, recipe
+    from loaderlab.training.callbacks import job_callbacks
 
     cfg, strategy, worker = job.cfg, job.strategy, job.worker
     replicas = strategy.num_replicas_in_sync
@@ -196,8 +221,10 @@ def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: Imag
     )
     job.run_log.params(data.plan.params())
     job.monitors.throughput.images_per_epoch = data.plan.train_images  # all workers' images per epoch
-    model = _build_model(cfg, decoder.spec, manifest, strategy)
-    callbacks = _callbacks(job, plan.global_batch)
+    model = recipe.build_model(cfg, decoder.spec, manifest.num_classes, strategy)
+    phase = recipe.phases(cfg.trainer)[0]  # one phase: freeze_epochs is refused with this strategy
+    recipe.enter_phase(model, cfg, phase, plan.steps, strategy)
+    callbacks = job_callbacks(job, plan.global_batch, phase)
     job.monitors.throughput.fit_start()
     distributed.fit(
         strategy,
@@ -223,6 +250,9 @@ def _read_manifest(cfg: DictConfig) -> tuple[Manifest, dict[str, str]]:
     manifest, bad = drop_bad_images(
         instantiate(cfg.data.manifest), cfg.data.on_bad_image, Path(cfg.paths.outputs) / "verdicts"
     )
+    from loaderlab.training.recipe import debug_subset
+
+    manifest = debug_subset(cfg.trainer, cfg.batch.train, manifest)
     log.info(
         "Data: %d train, %d validation images, classes %s",
         len(manifest.train),
@@ -244,21 +274,6 @@ def _log_global_batches(cfg: DictConfig, strategy: Any, worker: Worker, run_log:
             "batch.global_val": val_batch,
         }
     )
-
-
-def _build_model(cfg: DictConfig, spec: ImageSpec, manifest: Manifest, strategy: Any):
-    """The compiled model, made in the strategy's scope under trainer.mixed_precision's dtype policy."""
-    from loaderlab.training.precision import dtype_policy, dtype_policy_for, jit_compile_for, visible_gpu
-
-    with strategy.scope(), dtype_policy(dtype_policy_for(cfg.trainer.mixed_precision, visible_gpu())):
-        model = instantiate(cfg.model.build, input_shape=spec.shape, num_classes=manifest.num_classes)
-        model.compile(
-            optimizer=instantiate(cfg.trainer.optimizer),
-            loss=cfg.trainer.loss,
-            metrics=list(cfg.trainer.metrics),
-            jit_compile=jit_compile_for(cfg.trainer.jit_compile),
-        )
-    return model
 
 
 def _log_skipped(
@@ -289,48 +304,6 @@ def _log_outcome(
         run_log.artifact(best_file, "checkpoints")
     log.info("Finished: %s", {k: round(v, 3) for k, v in summary.items()} | {"best_val_loss": best})
     return best
-
-
-def _callbacks(job: Job, batch_size: int) -> list:
-    """The Keras callbacks every run uses: throughput, MLflow metrics, resume state, checkpoint, guards.
-    Those that own a thread (the watchdog) are entered into the job, so the job, not fit, stops them."""
-    import keras
-
-    from loaderlab.training.callbacks import EpochMetrics, StopOnSignal, ThroughputCallback
-    from loaderlab.training.checkpoint import BestCheckpoint
-
-    cfg, worker = job.cfg, job.worker
-    callbacks = [
-        StopOnSignal(),
-        ThroughputCallback(job.monitors.throughput, batch_size),
-        EpochMetrics(job.run_log),
-    ]
-    if worker.count == 1:
-        # The epoch state that trainer.resume continues from; kept after training ends. (The
-        # multi-worker loop checkpoints with TensorFlow's multi-worker checkpointing instead.)
-        backup = str(job.state_dir / BACKUP_DIR)
-        # double_checkpoint: a job killed while saving (Slurm's SIGKILL) resumes from the copy before.
-        callbacks.append(
-            keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False, double_checkpoint=True)
-        )
-    if cfg.trainer.checkpoint and worker.is_chief:
-        callbacks.append(BestCheckpoint(job.state_dir / "checkpoints" / "best.keras", job.best_before))
-    if job.neighbours is not None:
-        sample = job.neighbours.sample
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: sample()))
-    if cfg.trainer.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.trainer.early_stopping_patience))
-    if cfg.trainer.stall_timeout_s:
-        from loaderlab.training.watchdog import StallWatchdog
-
-        explain = None
-        if worker.count > 1:  # a stall there is a lost worker: name it
-            from loaderlab.training.cluster import lost_worker_message
-
-            explain = functools.partial(lost_worker_message, job.strategy, worker)
-        watchdog = StallWatchdog(cfg.trainer.stall_timeout_s, job.run_log.fail, explain=explain)
-        callbacks.append(job.owned.enter_context(watchdog))
-    return callbacks
 
 
 def _log_folder_artifacts(run_log: RunLog, output_dir: Path, secrets: list[str]) -> None:
