@@ -17,7 +17,7 @@ from loaderlab import validate
 from loaderlab.data.folder import folder_manifest
 from loaderlab.data.table import csv_manifest
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec, decode_resize
-from loaderlab.training import run as run_module
+from loaderlab.training import callbacks as callbacks_module
 from loaderlab.training.run import train
 from loaderlab.validate import drop_bad_images, find_bad_images, inspect_file
 from test_loaders import LOADER_NAMES, collect, make_loader
@@ -170,8 +170,10 @@ def test_resume_continues_the_same_run_from_the_last_epoch(make_cfg, tracking_ur
             if self.epoch == 1 and batch == 1:
                 raise KeyboardInterrupt
 
-    original = run_module._callbacks
-    monkeypatch.setattr(run_module, "_callbacks", lambda *a: [*original(*a), InterruptInSecondEpoch()])
+    original = callbacks_module.job_callbacks
+    monkeypatch.setattr(
+        callbacks_module, "job_callbacks", lambda *a: [*original(*a), InterruptInSecondEpoch()]
+    )
     cfg = make_cfg("trainer.epochs=3", experiment="tests-resume")
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
@@ -180,7 +182,7 @@ def test_resume_continues_the_same_run_from_the_last_epoch(make_cfg, tracking_ur
     checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "best.keras"
     assert keras.models.load_model(checkpoint).output_shape == (None, 4)  # intact
 
-    monkeypatch.setattr(run_module, "_callbacks", original)
+    monkeypatch.setattr(callbacks_module, "job_callbacks", original)
     assert math.isfinite(
         train(
             make_cfg("trainer.epochs=3", f"trainer.resume={cfg.paths.output_dir}", experiment="tests-resume")

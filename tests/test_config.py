@@ -58,6 +58,14 @@ def test_unknown_loader_is_refused_with_the_options() -> None:
         (["data.channels=2"], "data.channels must be 1 or 3"),
         (["data.on_bad_image=ignore"], "data.on_bad_image must be one of"),
         (["data.scaled_decode=sometimes"], "data.scaled_decode must be true or false"),
+        (["trainer.freeze_epochs=1"], "model=small_cnn has none.*Received: freeze_epochs=1"),
+        (["model=resnet50", "trainer.freeze_epochs=8"], "between 1 and trainer.epochs - 1"),
+        (["trainer.lr_schedule=linear"], "trainer.lr_schedule must be one of"),
+        (["trainer.label_smoothing=0.1", "trainer.loss=mse"], "smooths the sparse cross-entropy only"),
+        (["trainer.class_weight=even"], "trainer.class_weight must be null, balanced"),
+        (["+callbacks.mine={patience: 2}"], "callbacks.mine needs a _target_"),
+        (["model.weights=/x.h5"], "model=small_cnn has no pretrained base"),
+        (["strategy=multiworker", "trainer.class_weight=balanced"], "not run by strategy=multiworker"),
     ],
 )
 def test_bad_values_say_what_to_change(overrides: list[str], message: str) -> None:

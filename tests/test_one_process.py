@@ -23,7 +23,7 @@ from conftest import CONF_DIR, TINY
 from helpers import make_folder_dataset, photo_like
 from loaderlab.loaders.decode import BadImageError
 from loaderlab.loaders.sequence import PathBatches
-from loaderlab.training import run as run_module
+from loaderlab.training import callbacks as callbacks_module
 from loaderlab.training.run import train
 from loaderlab.validate import ConfigError, inspect_file
 
@@ -126,11 +126,11 @@ def test_many_jobs_in_one_process_leave_nothing_behind(
         del failed
         assert_nothing_left(clean, f"a {loader} job that raised mid-fit")
 
-    original = run_module._callbacks
-    monkeypatch.setattr(run_module, "_callbacks", lambda *a: [*original(*a), SigtermAtBatch()])
+    original = callbacks_module.job_callbacks
+    monkeypatch.setattr(callbacks_module, "job_callbacks", lambda *a: [*original(*a), SigtermAtBatch()])
     with pytest.raises(KeyboardInterrupt):
         train(job("sigterm", "loader=sequence", "batch.train=4"))
-    monkeypatch.setattr(run_module, "_callbacks", original)
+    monkeypatch.setattr(callbacks_module, "job_callbacks", original)
     last_fit_ended = time.monotonic()  # the last job whose fit started a watchdog and did not finish
     assert_nothing_left(clean, "a job stopped by SIGTERM mid-epoch")
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import make_folder_dataset
 from loaderlab.tracking import TrackingUnavailableError
-from loaderlab.training import run as run_module
+from loaderlab.training import callbacks as callbacks_module
 from loaderlab.training.run import train
 
 EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s", "epoch_images_per_sec"}
@@ -99,8 +99,8 @@ def test_ctrl_c_ends_the_run_killed(make_cfg, tracking_uri: str, monkeypatch) ->
             if batch == 1:
                 raise KeyboardInterrupt
 
-    original = run_module._callbacks
-    monkeypatch.setattr(run_module, "_callbacks", lambda *a: [*original(*a), Interrupt()])
+    original = callbacks_module.job_callbacks
+    monkeypatch.setattr(callbacks_module, "job_callbacks", lambda *a: [*original(*a), Interrupt()])
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(experiment="tests-failures"))
     run = latest_run(tracking_uri, "tests-failures")
@@ -126,8 +126,8 @@ def test_an_exception_mid_fit_fails_the_run_and_stops_its_worker_processes(
             if epoch == 1:
                 raise RuntimeError("boom at the end of epoch 2")
 
-    original = run_module._callbacks
-    monkeypatch.setattr(run_module, "_callbacks", lambda *a: [*original(*a), Boom()])
+    original = callbacks_module.job_callbacks
+    monkeypatch.setattr(callbacks_module, "job_callbacks", lambda *a: [*original(*a), Boom()])
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     processes = ["loader=sequence", "loader.use_multiprocessing=true", "loader.workers=2"]
     cfg = make_cfg(*processes, "trainer.epochs=4")
