@@ -13,3 +13,5 @@ OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), repla
 OmegaConf.register_new_resolver(
     "pretrained_or", lambda weights, native, scratch: scratch if weights is None else native, replace=True
 )
+# `${after_freeze:${trainer.freeze_epochs}}` (debug=fast): one epoch, after phase 1's where there is one.
+OmegaConf.register_new_resolver("after_freeze", lambda freeze: (freeze or 0) + 1, replace=True)
