@@ -40,6 +40,11 @@ def test_train_py_runs_end_to_end(tmp_path: Path, tiny_root: Path) -> None:
     assert {".hydra", "train.log", "checkpoints"} <= artifacts
     hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
     assert ".hydra/config.yaml" in hydra_files and ".hydra/overrides.yaml" in hydra_files
+    # It ends saying where the run is: its id and folder, its page in the UI, and how to serve that UI.
+    console = result.stdout + result.stderr
+    assert f"MLflow run {run.info.run_id}, run folder " in console
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in console
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in console
 
 
 def test_sweep_isolates_jobs_under_one_parent_and_survives_a_failure(tmp_path: Path, tiny_root: Path) -> None:

@@ -174,3 +174,15 @@ def test_every_relative_link_and_anchor_resolves() -> None:
     SUMMARY["links"] = [f"{checked} relative links and anchors resolved"]
     assert checked >= 20
     assert not failures, "\n".join(failures)
+
+
+def test_every_documented_model_server_names_its_store() -> None:
+    """`mlflow models serve -m models:/...` reads the registry of MLFLOW_TRACKING_URI; without it, MLflow's
+    default store, which holds none of the project's models."""
+    unnamed = [
+        f"{doc.name}: {line}"
+        for doc in DOC_FILES
+        for line in documented_lines(doc.read_text())
+        if "mlflow models serve" in line and "models:/" in line and "MLFLOW_TRACKING_URI=" not in line
+    ]
+    assert not unnamed, unnamed

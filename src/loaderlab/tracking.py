@@ -20,7 +20,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
 from loaderlab import PROJECT_ROOT
-from loaderlab.data.storage import redact
+from loaderlab.data.storage import redact, without_user_info
 from loaderlab.journal import short
 from loaderlab.run_log import RunLog, http_status
 from loaderlab.utils.errors import is_no_answer
@@ -162,6 +162,26 @@ def git_commit() -> str:
         return head + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The UI's address: the tracking server itself, or where `mlflow ui` listens by default."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
+
+
+def run_links(tracking_uri: str, experiment_id: str, run_id: str, folder: str) -> str:
+    """Where a finished job is: its run id and folder, the run's page in the MLflow UI, and the command
+    that serves that UI where the store is not a server."""
+    lines = [
+        f"MLflow run {run_id}, run folder {folder}",
+        f"  {without_user_info(ui_base(tracking_uri))}/#/experiments/{experiment_id}/runs/{run_id}",
+    ]
+    if not tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  (first start the UI: mlflow ui --backend-store-uri {tracking_uri})")
+    return "\n".join(lines)
 
 
 @contextmanager

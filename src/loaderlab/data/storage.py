@@ -56,8 +56,13 @@ def redact(options: Any, key: str = "") -> Any:
     if key not in SAFE_OPTIONS:
         return REDACTED
     if key == "endpoint_url" and isinstance(options, str):
-        return _USER_INFO.sub(rf"\1{REDACTED}@", options)
+        return without_user_info(options)
     return options
+
+
+def without_user_info(url: str) -> str:
+    """The URL with any user:password@ part shown as ***@."""
+    return _USER_INFO.sub(rf"\1{REDACTED}@", url)
 
 
 def secret_values(options: Any, key: str = "") -> list[str]:

@@ -16,12 +16,12 @@ from mlflow.tracking import MlflowClient
 
 from loaderlab.report.store import Sweep, column
 from loaderlab.report.table import BATCH_PARAMS, METRIC_COLUMNS, varied_params
+from loaderlab.tracking import ui_base
 
 TESTED_MLFLOW = ("3.17.",)  # version prefixes whose UI state the Chromium test covers
 VIEW_TAG = "mlflow.sharedViewState."
 RUN_COLOR_TAG = "mlflow.runColor"  # a public run tag: the UI's colour for the run
 RUN_NAME_COLUMN = "attributes.`Run Name`"
-DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens
 BAR_METRICS = ("peak_rss_mb", "images_per_sec", "time_to_first_batch_s", "best_val_loss", "gpu_peak_mb")
 SECTION = "loaderlab"
 
@@ -108,11 +108,6 @@ def save_view(client: MlflowClient, sweep: Sweep, colours: dict[str, str]) -> st
 def sweep_filter(sweep: Sweep) -> str:
     """The runs-page search that shows the sweep's runs."""
     return f"tags.sweep_id = '{sweep.sweep_id}'"
-
-
-def ui_base(tracking_uri: str) -> str:
-    """The UI's address: the tracking server itself, or where `mlflow ui` listens by default."""
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
 
 
 def ui_url(tracking_uri: str, experiment_id: str, key: str, charts: bool = False) -> str:

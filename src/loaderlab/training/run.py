@@ -55,38 +55,44 @@ def train(cfg: DictConfig) -> float:
         "process_isolated": str(isolated).lower(),
     }
     parent = sweep.parent_run_id if sweep and worker.is_chief and resumed_run_id is None else None
-    with (
-        no_child_left(),
-        stop_signals_as_interrupt(),
-        tracking.tracked_run(
-            uri,
-            experiment_id,
-            job_run_name(f"{loader_choice}-{cfg.model.name}", overrides, sweep),
-            tags,
-            state_dir,
-            resumed_run_id,
-            parent,
-            cfg.tracking.outage_wait_s,
-        ) as run_log,
-    ):
-        if resumed_run_id is None:
-            run_log.params(tracking.flatten(cfg))
-        else:
-            run_log.tags(tags)
-        try:
-            # Inside the run, so that a bad value in a sweep shows as a FAILED job with its message.
-            spec = check_config(cfg)
+    run_id = None
+    try:
+        with (
+            no_child_left(),
+            stop_signals_as_interrupt(),
+            tracking.tracked_run(
+                uri,
+                experiment_id,
+                job_run_name(f"{loader_choice}-{cfg.model.name}", overrides, sweep),
+                tags,
+                state_dir,
+                resumed_run_id,
+                parent,
+                cfg.tracking.outage_wait_s,
+            ) as run_log,
+        ):
+            run_id = run_log.run_id
             if resumed_run_id is None:
-                check_fresh_folder(state_dir)
-            run_id_file.write_text(run_log.run_id)  # only a run that got past the checks is resumable
-            loader = instantiate(cfg.loader)
-            name = job_run_name(f"{loader.name}-{cfg.model.name}", overrides, sweep)
-            run_log.tags({"loader": loader.name, "mlflow.runName": name})
-            return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log, sweep)
-        finally:
-            secrets = secret_values(OmegaConf.to_container(cfg.data).get("storage_options", {}))
-            _log_folder_artifacts(run_log, Path(cfg.paths.output_dir), secrets)
-            release_filesystems()
+                run_log.params(tracking.flatten(cfg))
+            else:
+                run_log.tags(tags)
+            try:
+                # Inside the run, so that a bad value in a sweep shows as a FAILED job with its message.
+                spec = check_config(cfg)
+                if resumed_run_id is None:
+                    check_fresh_folder(state_dir)
+                run_id_file.write_text(run_log.run_id)  # only a run that got past the checks is resumable
+                loader = instantiate(cfg.loader)
+                name = job_run_name(f"{loader.name}-{cfg.model.name}", overrides, sweep)
+                run_log.tags({"loader": loader.name, "mlflow.runName": name})
+                return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log, sweep)
+            finally:
+                secrets = secret_values(OmegaConf.to_container(cfg.data).get("storage_options", {}))
+                _log_folder_artifacts(run_log, Path(cfg.paths.output_dir), secrets)
+                release_filesystems()
+    finally:
+        if run_id is not None and worker.is_chief:  # in every ending: where to look at what happened
+            log.info(tracking.run_links(uri, experiment_id, run_id, cfg.paths.output_dir))
 
 
 @dataclass
