@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import loaderlab  # noqa: F401  registers the ${project_root:} resolver
+from loaderlab.delivery import deliver_journal
 from loaderlab.journal import JOURNAL_GLOB, rejected_path
-from loaderlab.run_log import deliver_journal
 from loaderlab.utils.paths import OUTPUTS
 
 

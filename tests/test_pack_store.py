@@ -14,7 +14,7 @@ pytest.importorskip("moto", reason="moto[server] is in the dev extra")
 
 import packs  # noqa: E402
 from loaderlab.data import pack as pack_module  # noqa: E402
-from loaderlab.data import pack_cache  # noqa: E402
+from loaderlab.data import pack_cache, pack_root  # noqa: E402
 from loaderlab.data.folder import folder_manifest  # noqa: E402
 from loaderlab.data.pack import META, PackError  # noqa: E402
 from loaderlab.data.pack_root import PackRoot  # noqa: E402
@@ -32,7 +32,7 @@ SHARD_MB = 4000 / 2**20  # a few records per shard: several shards from the tiny
 def cache(tmp_path: Path, monkeypatch) -> Path:
     """This machine's pack cache, empty, under tmp_path."""
     folder = tmp_path / "cache"
-    monkeypatch.setattr(pack_cache, "CACHE", folder)
+    monkeypatch.setattr(pack_root, "PACK_CACHE", folder)
     return folder
 
 

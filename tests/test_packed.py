@@ -14,7 +14,8 @@ import pytest
 from helpers import make_folder_dataset, photo_like
 from loaderlab.data.folder import folder_manifest, scan_class_folders
 from loaderlab.data.manifest import make_split
-from loaderlab.data.pack import META, PROGRESS, stored_images
+from loaderlab.data.pack import META, PROGRESS
+from loaderlab.data.pack_cache import stored_images
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec, decode_resize
 from loaderlab.loaders.decode import decode_bytes
 from loaderlab.loaders.packed import PackedLoader

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,38 +81,6 @@ def job_run_name(base: str, overrides: str, sweep: Sweep | None = None) -> str:
     values = parse_overrides(overrides)
     parts = [f"{key}={values[key]}" for key in swept if key in values]
     return " ".join([base, *parts])
-
-
-def settle_parent(uri: str, parent_run_id: str, lost: Sequence[str] = (), final: bool = False) -> None:
-    """End the parent run with its jobs' status so far: KILLED or FAILED if any job was, else FINISHED;
-    the tag `failed_jobs` names each job that did not finish, and `lost` ones that ended with no run.
-
-    Every job calls it as it ends, however it ends, and so does the end of the sweep (`final`): a
-    sweep that stops early (a failed or interrupted job, which makes Hydra skip on_multirun_end)
-    still leaves its parent ended with the status of the jobs that ran. While a job still runs (a
-    parallel sweep), only the end of the sweep settles the parent; a run left RUNNING then failed.
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
-    )
-    statuses = {c.info.status for c in children}
-    if "RUNNING" in statuses and not final:
-        return
-    failed = [
-        f"{c.data.tags.get('mlflow.runName', c.info.run_id)} ({c.info.status})"
-        for c in children
-        if c.info.status != "FINISHED"
-    ] + list(lost)
-    status = next((s for s in ("KILLED", "FAILED") if s in statuses), "FAILED" if failed else "FINISHED")
-    if failed:
-        client.set_tag(parent_run_id, "failed_jobs", "; ".join(sorted(failed))[:5000])
-    elif "failed_jobs" in parent.data.tags:  # a resumed job finished since
-        client.delete_tag(parent_run_id, "failed_jobs")
-    client.set_terminated(parent_run_id, status)
 
 
 class SweepNeighbours:
@@ -195,4 +162,6 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is not None:
+            from loaderlab.tracking import settle_parent
+
             settle_parent(self.tracking_uri, self.parent_run_id, final=True)

@@ -7,7 +7,7 @@ import gc
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,36 @@ def git_commit() -> str:
         return "unknown"
 
 
+def settle_parent(uri: str, parent_run_id: str, lost: Sequence[str] = (), final: bool = False) -> None:
+    """End the parent run with its jobs' status so far: KILLED or FAILED if any job was, else FINISHED;
+    the tag `failed_jobs` names each job that did not finish, and `lost` ones that ended with no run.
+
+    Every job calls it as it ends, however it ends, and so does the end of the sweep (`final`): a
+    sweep that stops early (a failed or interrupted job, which makes Hydra skip on_multirun_end)
+    still leaves its parent ended with the status of the jobs that ran. While a job still runs (a
+    parallel sweep), only the end of the sweep settles the parent; a run left RUNNING then failed.
+    """
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
+    statuses = {c.info.status for c in children}
+    if "RUNNING" in statuses and not final:
+        return
+    failed = [
+        f"{c.data.tags.get('mlflow.runName', c.info.run_id)} ({c.info.status})"
+        for c in children
+        if c.info.status != "FINISHED"
+    ] + list(lost)
+    status = next((s for s in ("KILLED", "FAILED") if s in statuses), "FAILED" if failed else "FINISHED")
+    if failed:
+        client.set_tag(parent_run_id, "failed_jobs", "; ".join(sorted(failed))[:5000])
+    elif "failed_jobs" in parent.data.tags:  # a resumed job finished since
+        client.delete_tag(parent_run_id, "failed_jobs")
+    client.set_terminated(parent_run_id, status)
+
+
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens
 
 
@@ -225,8 +255,6 @@ def tracked_run(
     finally:
         left = run_log.close(RunStatus.to_string(status), wait)
         if parent_run_id and not left:
-            from loaderlab.sweep import settle_parent
-
             try:
                 settle_parent(uri, parent_run_id)
             except Exception as e:  # noqa: BLE001 - the job's own outcome stands; the sweep's end settles it

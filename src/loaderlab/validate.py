@@ -13,10 +13,7 @@ from omegaconf import DictConfig
 from loaderlab.data.manifest import Manifest
 from loaderlab.data.storage import is_url
 from loaderlab.loaders.decode import ON_BAD_IMAGE, TAIL_BYTES, BadImageError, ImageSpec, image_verdict
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message says what to change."""
+from loaderlab.utils.errors import ConfigError
 
 
 def check_config(cfg: DictConfig) -> ImageSpec:

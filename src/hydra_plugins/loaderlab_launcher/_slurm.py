@@ -18,7 +18,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from loaderlab.data.storage import redact_overrides
-from loaderlab.sweep import SWEEP_FILE, settle_parent
+from loaderlab.sweep import SWEEP_FILE
+from loaderlab.tracking import settle_parent
 
 if TYPE_CHECKING:
     from hydra_plugins.loaderlab_launcher.slurm_launcher import LoaderlabSlurmLauncher

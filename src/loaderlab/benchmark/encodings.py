@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from loaderlab.data.folder import scan_class_folders
-from loaderlab.data.pack import SAMPLING
+from loaderlab.data.pack_encode import SAMPLING
 from loaderlab.loaders.decode import ImageSpec, decode_bytes, decode_resize
 
 # (stored px, quality, subsampling)

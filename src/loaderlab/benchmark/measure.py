@@ -246,7 +246,7 @@ def _limit_sources(split: Any, decoder: Any) -> list:
 
 def _stored_limit_pass(loader: Any, split: Any, decoder: Any) -> Callable[[], int]:
     """One thread decoding the JPEGs of the loader's pack of `split` (written by its feed already)."""
-    from loaderlab.data.pack import stored_images
+    from loaderlab.data.pack_cache import stored_images
     from loaderlab.data.pack_root import PackRoot
 
     place = PackRoot(loader.root, decoder.storage)

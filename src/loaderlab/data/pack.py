@@ -18,33 +18,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import posixpath
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from loaderlab.data.manifest import Split
-from loaderlab.data.pack_root import PackRoot, hold_to_write
+from loaderlab.data.pack_encode import _encoded, _example, _sources
+from loaderlab.data.pack_root import PackRoot, cache_folder, hold_to_write
 from loaderlab.data.storage import Storage, is_url
-from loaderlab.loaders.decode import BadImageError, ImageSpec, decode_bytes, decode_resize, remote_bytes
+from loaderlab.loaders.decode import BadImageError, ImageSpec
 from loaderlab.utils.system import usable_cores
 
 log = logging.getLogger(__name__)
 PACK_FORMAT = 2  # bump when the record layout changes: old packs are then not reused
 META = "pack.json"  # written last: its presence means the pack is complete
 PROGRESS = "progress.json"  # the shards committed so far, while a pack is written
-SAMPLING = {  # chroma subsampling by name
-    "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
-    "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
-}
 VERIFY_HINT = "python src/packs.py verify --root {root}"
 
 
@@ -238,8 +232,6 @@ def _source(paths: tuple[str, ...]) -> str:
 def _staging(place: PackRoot, folder: str) -> Path:
     """Where shards are written before they are committed: the pack's own folder when it is local,
     else this machine's cache of that pack (the writer then reads its shards without fetching them)."""
-    from loaderlab.data.pack_cache import cache_folder
-
     staging = Path(folder) if not place.remote else cache_folder(place.url, posixpath.basename(folder))
     staging.mkdir(parents=True, exist_ok=True)
     return staging
@@ -325,76 +317,3 @@ def file_sha256(path: Path | str, fs: Any = None) -> str:
         while chunk := f.read(4 * 2**20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def stored_images(pack: Pack, place: PackRoot | None = None) -> list[bytes]:
-    """A pack's own JPEGs, in the order written (a store's pack streamed from `place`)."""
-    import tensorflow as tf
-
-    if is_url(pack.folder):
-        from loaderlab.data.pack_cache import stream_records
-
-        place = place or PackRoot(posixpath.dirname(pack.folder))
-        records = [r for url in pack.shards for r in stream_records(place, url)]
-    else:
-        records = [r.numpy() for r in tf.data.TFRecordDataset(pack.shards)]
-    return [tf.train.Example.FromString(r).features.feature["image"].bytes_list.value[0] for r in records]
-
-
-def _sources(
-    items: list[tuple[str, int]], spec: PackSpec, storage: Storage, chunk: int = 256
-) -> Iterator[tuple[str, int, PackSpec, bytes | Exception | None]]:
-    """Encoding tasks: a local file is read by its worker; URLs are fetched here, a chunk at once."""
-    for start in range(0, len(items), chunk):
-        part = items[start : start + chunk]
-        urls = [path for path, _ in part if is_url(path)]
-        fetched = dict(zip(urls, storage.read_many(urls), strict=True)) if urls else {}
-        for path, label in part:
-            yield path, label, spec, fetched.get(path)
-
-
-def _encoded(tasks: Iterator, count: int, workers: int) -> Iterator[tuple[str, int, bytes | None, str]]:
-    """(path, label, JPEG bytes or None, reason) of `count` tasks in order, encoded by `workers` processes."""
-    if workers <= 1 or count < 64:
-        yield from map(_encode_one, tasks)
-        return
-    # spawn, not fork: the parent may already run TensorFlow threads.
-    with mp.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-        yield from pool.imap(_encode_one, tasks, chunksize=32)
-
-
-def _encode_one(
-    task: tuple[str, int, PackSpec, bytes | Exception | None],
-) -> tuple[str, int, bytes | None, str]:
-    """One source (a file, or a URL's fetched bytes) through the shared spec at the stored size, then JPEG."""
-    path, label, spec, fetched = task
-    try:
-        if fetched is None:
-            image = decode_resize(path, spec.stored)
-        else:
-            image = decode_bytes(remote_bytes(path, fetched), spec.stored, name=path)
-    except BadImageError as e:
-        return path, label, None, e.reason
-    if image.shape[-1] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV encodes BGR
-    params = [
-        cv2.IMWRITE_JPEG_QUALITY,
-        spec.quality,
-        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-        SAMPLING[spec.subsampling],
-    ]
-    ok, encoded = cv2.imencode(".jpg", image, params)
-    if not ok:
-        return path, label, None, "could not be re-encoded"
-    return path, label, encoded.tobytes(), ""
-
-
-def _example(image: bytes, label: int, path: str) -> bytes:
-    import tensorflow as tf
-
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        "path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.encode()])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()

@@ -6,31 +6,24 @@ Either way the reader makes a few requests per shard, never one per image.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from loaderlab.data import pack_root
 from loaderlab.data.pack import Pack, PackError, file_sha256
-from loaderlab.data.pack_root import PackRoot
-from loaderlab.data.storage import StoreError, explain
-from loaderlab.utils.paths import OUTPUTS
+from loaderlab.data.pack_root import PackRoot, cache_folder
+from loaderlab.data.storage import StoreError, explain, is_url
 
-CACHE = OUTPUTS / "cache" / "packs"
 GB = 2**30
 STREAM_BLOCK = 16 * 2**20  # bytes per read when a shard is streamed
 
 
-def cache_folder(root_url: str, fingerprint: str) -> Path:
-    """This machine's copy of a store's pack (by root too: two stores' copies are two packs)."""
-    return CACHE / hashlib.sha256(root_url.rstrip("/").encode()).hexdigest()[:12] / fingerprint
-
-
 def cached_bytes(skip: Path | None = None) -> int:
     """What the cache holds now, but for one pack's folder."""
-    return sum(f.stat().st_size for f in CACHE.glob("*/*/*.tfrecord") if f.parent != skip)
+    return sum(f.stat().st_size for f in pack_root.PACK_CACHE.glob("*/*/*.tfrecord") if f.parent != skip)
 
 
 def local_shards(pack: Pack, place: PackRoot, cache_gb: float) -> list[str] | None:
@@ -84,3 +77,15 @@ def stream_records(place: PackRoot, url: str) -> Iterator[bytes]:
             if length < 0 or len(data) < length or len(f.read(4)) < 4:
                 raise PackError(torn)
             yield data
+
+
+def stored_images(pack: Pack, place: PackRoot | None = None) -> list[bytes]:
+    """A pack's own JPEGs, in the order written (a store's pack streamed from `place`)."""
+    import tensorflow as tf
+
+    if is_url(pack.folder):
+        place = place or PackRoot(posixpath.dirname(pack.folder))
+        records = [r for url in pack.shards for r in stream_records(place, url)]
+    else:
+        records = [r.numpy() for r in tf.data.TFRecordDataset(pack.shards)]
+    return [tf.train.Example.FromString(r).features.feature["image"].bytes_list.value[0] for r in records]

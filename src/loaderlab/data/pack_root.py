@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from loaderlab.data.storage import Storage, StoreError, explain, is_url
+from loaderlab.utils.paths import OUTPUTS
 
+PACK_CACHE = OUTPUTS / "cache" / "packs"  # this machine's copies of packs in a store
 LEASE_S = 120.0  # a claim or use object no longer holds its pack this long after its last renewal
 LOCKS = ".locks"
 
@@ -243,3 +246,8 @@ def hold_to_write(root: PackRoot, fingerprint: str, done: Any, poll_s: float = 1
     finally:
         lease.stop(delete=False)
         root.remove(claims)  # every generation: the pack is complete or its writer gave up
+
+
+def cache_folder(root_url: str, fingerprint: str) -> Path:
+    """This machine's copy of a store's pack (by root too: two stores' copies are two packs)."""
+    return PACK_CACHE / hashlib.sha256(root_url.rstrip("/").encode()).hexdigest()[:12] / fingerprint

@@ -11,8 +11,7 @@ from pathlib import Path
 import keras
 
 from loaderlab.models.layers import augmentation
-from loaderlab.utils.errors import error_chain
-from loaderlab.validate import ConfigError
+from loaderlab.utils.errors import ConfigError, error_chain
 
 
 @keras.saving.register_keras_serializable(package="loaderlab")

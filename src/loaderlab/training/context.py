@@ -65,7 +65,7 @@ def state_folder(cfg: DictConfig) -> Path:
 def check_fresh_folder(folder: Path) -> None:
     """Refuse a folder that holds an earlier job's training state: Keras would silently continue it."""
     if (folder / BACKUP_DIR).exists():
-        from loaderlab.validate import ConfigError
+        from loaderlab.utils.errors import ConfigError
 
         raise ConfigError(
             f"{folder} already holds an earlier job's training state ({BACKUP_DIR}/), which this job "

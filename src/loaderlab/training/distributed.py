@@ -33,7 +33,7 @@ from loaderlab.training.cluster import (
     worker_lost,
 )
 from loaderlab.training.distribute import Worker
-from loaderlab.validate import ConfigError
+from loaderlab.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MEAN = tf.distribute.ReduceOp.MEAN

@@ -19,7 +19,8 @@ from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.serving import SPEC_FILE
 from loaderlab.training.context import RUN_ID_FILE
 from loaderlab.training.evaluate import evaluate, log_evaluation, log_skipped
-from loaderlab.validate import ConfigError, drop_bad_images
+from loaderlab.utils.errors import ConfigError
+from loaderlab.validate import drop_bad_images
 
 log = logging.getLogger(__name__)
 SPLITS = ("all", "train", "val", "test")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from loaderlab.validate import ConfigError
+from loaderlab.utils.errors import ConfigError
 
 POLICIES = ("mixed_float16", "mixed_bfloat16")
 JIT = {"auto": "auto", True: True, False: False}

@@ -12,7 +12,7 @@ import numpy as np
 
 from loaderlab.loaders.base import Feed
 from loaderlab.run_log import RunLog
-from loaderlab.validate import ConfigError
+from loaderlab.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

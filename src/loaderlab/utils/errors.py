@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says what to change."""
+
+
 def error_chain(error: BaseException | None) -> list[BaseException]:
     """The error and the errors it was raised from or during (`__cause__`, else `__context__`)."""
     chain: list[BaseException] = []
