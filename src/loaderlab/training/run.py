@@ -174,14 +174,15 @@ def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) ->
     steps = recipe.steps_per_epoch(len(manifest.train), train_batch)
     weights = recipe.class_weight_for(cfg.trainer.class_weight, manifest.train.labels, manifest.num_classes)
     train_kwargs = train_feed.fit_kwargs(class_weight=weights)
-    job.monitors.throughput.fit_start()
     start = 0
     for phase in recipe.phases(cfg.trainer):
         trainable = recipe.enter_phase(model, cfg, phase, steps, job.strategy)
         job.run_log.metrics({f"trainable_params{f'_phase{phase.number}' if phase.number else ''}": trainable})
-        if start == 0 and warm_start.is_run_reference(cfg.model.get("weights")):
-            warm_start.load(model, cfg.model.weights, job.run_log)
-            warm_start.log_initial_evaluation(model, val_feed, job.run_log)
+        if start == 0:
+            if warm_start.is_run_reference(cfg.model.get("weights")):
+                warm_start.load(model, cfg.model.weights, job.run_log)
+                warm_start.log_initial_evaluation(model, val_feed, job.run_log)
+            job.monitors.throughput.fit_start()  # the clock of time_to_first_batch_s
         model._initial_epoch = None  # Keras keeps the epoch one fit's BackupAndRestore restored for the next
         history = model.fit(
             **train_kwargs,
