@@ -12,8 +12,13 @@ from omegaconf import OmegaConf, open_dict
 from conftest import CONF_DIR, compose_config
 from loaderlab.validate import ConfigError, check_config
 
-GROUPS = ["data", "loader", "model", "batch", "trainer", "tracking", "strategy"]
-REQUIRED = {"data=folder": ["data.root=/x"], "data=csv": ["data.csv=/x.csv"]}
+GROUPS = ["data", "loader", "model", "batch", "trainer", "callbacks", "tracking", "strategy"]
+PRESETS = ["debug", "experiment"]  # off (null) by default
+REQUIRED = {
+    "data=folder": ["data.root=/x"],
+    "data=csv": ["data.csv=/x.csv"],
+    "experiment=finetune": ["data.root=/x", "model.weights=null"],  # imagenet would be fetched here
+}
 
 
 def options(group: str) -> list[str]:
@@ -22,7 +27,7 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "override",
-    [f"{g}={o}" for g in GROUPS for o in options(g)] + [f"experiment={e}" for e in options("experiment")],
+    [f"{g}={o}" for g in GROUPS + PRESETS for o in options(g)],
 )
 def test_every_option_composes_and_resolves(override: str) -> None:
     cfg = compose_config([override, *REQUIRED.get(override, [])])
