@@ -31,8 +31,9 @@ SUMMARY: dict[str, list[str]] = {}  # each check's lines, printed at the end of 
 def documented_lines(text: str) -> list[str]:
     """Lines of shell code blocks (continuations joined) and inline code spans of the prose."""
     lines = []
-    for block in re.findall(r"```(?:bash|sh|shell|console)?\n(.*?)```", text, re.S):
-        lines += [line.strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+    for language, block in re.findall(r"```(\w*)\n(.*?)```", text, re.S):  # every block, paired in order
+        if language in ("", "bash", "sh", "shell", "console"):
+            lines += [line.strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
     lines += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
     return lines
