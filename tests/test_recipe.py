@@ -22,14 +22,7 @@ from loaderlab.training import callbacks as callbacks_module
 from loaderlab.training import recipe
 from loaderlab.training.run import train
 from test_backbones import base_of, images, save_base_weights
-
-
-def latest_run(uri: str, experiment: str):
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[
-        0
-    ]
+from test_train import latest_run
 
 
 def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
