@@ -54,9 +54,9 @@ def _check_training_options(cfg: DictConfig) -> None:
     jit_compile_for(trainer.get("jit_compile", "auto"))
     _check_recipe(cfg)
     build, weights = cfg.model.build, cfg.model.get("weights")
-    if isinstance(weights, str) and weights.startswith(("runs:/", "models:/")):
-        from loaderlab.training.warm_start import check_exists
+    from loaderlab.training.warm_start import check_exists, is_run_reference
 
+    if is_run_reference(weights):
         check_exists(weights)
     elif weights is not None and "application" not in build:
         raise ConfigError(

@@ -65,8 +65,10 @@ def build(
     x = FamilyPreprocess(preprocessing, dtype="float32", name="preprocess")(inputs)
     for layer in augmentation(augment):
         x = layer(x)
+    from loaderlab.training.warm_start import is_run_reference
+
     # An earlier run's weights (runs:/, models:/) are loaded into the whole model after it is built.
-    from_run = isinstance(weights, str) and weights.startswith(("runs:/", "models:/"))
+    from_run = is_run_reference(weights)
     base = _base(application, None if from_run else weights, imagenet_file, (height, width, 3), options or {})
     base.trainable = trainable_base
     if weights:
