@@ -4,8 +4,6 @@ metrics), class weights, and the two phases of keras.io's transfer-learning reci
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +14,6 @@ from omegaconf import DictConfig
 
 from loaderlab.data.manifest import Manifest
 from loaderlab.loaders.decode import ImageSpec
-
-log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -148,11 +144,6 @@ def debug_subset(trainer: DictConfig, train_batch: int, manifest: Manifest) -> M
             manifest, train=manifest.train.sample(n, seed), val=manifest.val.sample(n, seed), test=test
         )
     return manifest
-
-
-def steps_per_epoch(num_images: int, global_batch: int) -> int:
-    """fit's steps over one pass of the training split (the last batch may be short)."""
-    return max(1, math.ceil(num_images / global_batch))
 
 
 class PhaseLog(keras.callbacks.Callback):

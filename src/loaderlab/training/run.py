@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from loaderlab import tracking
 from loaderlab.data.manifest import Manifest
 from loaderlab.data.storage import REDACTED, release_filesystems, secret_values, storage_of
-from loaderlab.loaders.base import Feed, Loader
+from loaderlab.loaders.base import Feed, Loader, num_batches
 from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.run_log import RunLog
 from loaderlab.sweep import Sweep, SweepNeighbours, current_sweep, job_run_name
@@ -171,7 +171,7 @@ def _fit(job: Job, loader: Loader, manifest: Manifest, decoder: ImageDecoder) ->
     val_feed = job.owned.enter_context(loader.feed(manifest.val, decoder, val_batch, False, cfg.trainer.seed))
     _log_feed_facts(job.run_log, [train_feed, val_feed])
     model = recipe.build_model(cfg, decoder.spec, manifest.num_classes, job.strategy)
-    steps = recipe.steps_per_epoch(len(manifest.train), train_batch)
+    steps = num_batches(len(manifest.train), train_batch)
     weights = recipe.class_weight_for(cfg.trainer.class_weight, manifest.train.labels, manifest.num_classes)
     train_kwargs = train_feed.fit_kwargs(class_weight=weights)
     start = 0
