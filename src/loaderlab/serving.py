@@ -78,7 +78,7 @@ class ImageFileClassifier(mlflow.pyfunc.PythonModel):
 
 def write_facts(spec: Any, class_names: tuple[str, ...], target: Path) -> Path:
     """The decode spec and class names the model was trained with, as JSON at target."""
-    spec_fields = {k: getattr(spec, k) for k in ("height", "width", "channels", "scaled_decode")}
+    spec_fields = spec.facts  # the resize mode and eval_crop too: the served model decodes as validation did
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"spec": spec_fields, "class_names": list(class_names)}))
     return target

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from loaderlab.data.manifest import Manifest
 from loaderlab.data.storage import is_url
+from loaderlab.loaders.augment import Augment
 from loaderlab.loaders.decode import ON_BAD_IMAGE, TAIL_BYTES, BadImageError, ImageSpec, image_verdict
 from loaderlab.utils.errors import ConfigError
 
@@ -27,14 +28,13 @@ def check_config(cfg: DictConfig) -> ImageSpec:
             f"data.on_bad_image must be one of {list(ON_BAD_IMAGE)}, got {cfg.data.on_bad_image!r}."
         )
     try:
-        spec = ImageSpec.from_config(
-            cfg.model.input_size, cfg.data.channels, cfg.data.get("scaled_decode", True)
-        )
+        spec = spec_of(cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"{e} model.input_size is an int or [height, width]; data.channels is 1 or 3; "
-            "data.scaled_decode is true or false."
+            "data.scaled_decode is true or false; data.resize is squash, crop or pad."
         ) from None
+    _check_augment(cfg)
     minimum = cfg.model.get("min_input_size", 1)
     if min(spec.height, spec.width) < minimum:
         raise ConfigError(
@@ -43,6 +43,54 @@ def check_config(cfg: DictConfig) -> ImageSpec:
         )
     _check_training_options(cfg)
     return spec
+
+
+def spec_of(cfg: DictConfig) -> ImageSpec:
+    """The decode spec that model.input_size and data's channels, scaled_decode, resize and eval_crop set."""
+    data = cfg.data
+    return ImageSpec.from_config(
+        cfg.model.input_size,
+        data.channels,
+        data.get("scaled_decode", True),
+        data.get("resize", "squash"),
+        data.get("eval_crop"),
+    )
+
+
+def augment_of(cfg: DictConfig) -> Augment:
+    """The training decoder's augment (`augment` group), seeded by trainer.seed unless it sets one."""
+    return Augment.from_config(cfg.get("augment"), cfg.trainer.seed)
+
+
+def _check_augment(cfg: DictConfig) -> None:
+    """The augment group's values, and the loaders and strategies that cannot draw it at the decode."""
+    try:
+        augment = augment_of(cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{e} Choose augment=none|flip|rrc|layers (conf/augment/).") from None
+    if not augment.at_decode:
+        return
+    target = str(cfg.loader.get("_target_", ""))
+    refusals = {
+        "InMemoryLoader": "loader=inmemory decodes every image once, before training",
+        "TFDataServiceLoader": "loader=tfdata_service's workers serve epochs that the job cannot number",
+    }
+    for name, why in refusals.items():
+        if target.endswith(name):
+            raise ConfigError(
+                f"augment={augment.kind} is drawn per epoch at the decode, but {why}. Set augment=layers "
+                f"(in the model) or choose loader=tfdata or loader=packed. Received: augment={augment.kind}"
+            )
+    if cfg.loader.get("cache"):
+        raise ConfigError(
+            f"loader.cache keeps decoded images, so augment={augment.kind} cannot be drawn at each decode. "
+            f"Set loader.cache=null or augment=layers. Received: cache={cfg.loader.cache!r}"
+        )
+    if str(cfg.strategy.get("_target_", "")).endswith("multiworker_strategy"):
+        raise ConfigError(
+            f"strategy=multiworker's loop does not number epochs for the decode: set augment=layers or "
+            f"none there. Received: augment={augment.kind}"
+        )
 
 
 def _check_training_options(cfg: DictConfig) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # Keras' formats; a GIF's first frame
 
 
 class DatasetError(ValueError):

@@ -32,11 +32,12 @@ from loaderlab.data.manifest import Split
 from loaderlab.data.pack_encode import _encoded, _example, _sources
 from loaderlab.data.pack_root import PackRoot, cache_folder, hold_to_write
 from loaderlab.data.storage import Storage, is_url
-from loaderlab.loaders.decode import BadImageError, ImageSpec
+from loaderlab.loaders.decode import BadImageError, jpeg_size
 from loaderlab.utils.system import usable_cores
 
 log = logging.getLogger(__name__)
-PACK_FORMAT = 2  # bump when the record layout changes: old packs are then not reused
+PACK_FORMAT = 3  # bump when the record layout changes: old packs are then not reused
+_SIDE_DIGITS = 4  # a fingerprint ends in its side, in hex: packs of one source differ only there
 META = "pack.json"  # written last: its presence means the pack is complete
 PROGRESS = "progress.json"  # the shards committed so far, while a pack is written
 VERIFY_HINT = "python src/packs.py verify --root {root}"
@@ -48,10 +49,13 @@ class PackError(RuntimeError):
 
 @dataclass(frozen=True)
 class PackSpec:
-    """How a pack stores its images: the spec they are decoded to, then JPEG at `quality` with
-    chroma `subsampling` "444" (full colour resolution) or "420" (half, as cameras store it)."""
+    """How a pack stores its images: decoded through the shared spec with the shorter side at `side`
+    px (aspect kept; a smaller image as it is), then JPEG at `quality` with chroma `subsampling`
+    "444" (full colour resolution) or "420" (half, as cameras store it)."""
 
-    stored: ImageSpec
+    side: int
+    channels: int = 3
+    scaled_decode: bool = True
     quality: int = 90
     subsampling: str = "444"
     shard_mb: float = 100.0
@@ -79,14 +83,20 @@ def fingerprint(
     split: Split, split_name: str, spec: PackSpec, storage: Storage | None = None, on_bad_image: str = "error"
 ) -> str:
     """A digest of the sources (path, size, mtime or ETag, label), the split, how the pack stores them
-    and the bad-image policy (a pack that skipped a file must not serve a run that wants the error)."""
+    and the bad-image policy (a pack that skipped a file must not serve a run that wants the error),
+    followed by the stored side: packs that differ only in their side share the digest's part."""
+    return f"{_family(split, split_name, spec, storage, on_bad_image)}{spec.side:0{_SIDE_DIGITS}x}"
+
+
+def _family(split: Split, split_name: str, spec: PackSpec, storage: Storage | None, on_bad_image: str) -> str:
+    """fingerprint's digest, of everything but the side."""
     digest = hashlib.sha256(
         json.dumps(
             {
                 "format": PACK_FORMAT,
                 "split": split_name,
-                "stored": [spec.stored.height, spec.stored.width, spec.stored.channels],
-                "scaled_decode": spec.stored.scaled_decode,
+                "channels": spec.channels,
+                "scaled_decode": spec.scaled_decode,
                 "quality": int(spec.quality),
                 "subsampling": str(spec.subsampling),
                 "shard_mb": float(spec.shard_mb),  # a config's 100 and the default 100.0 are one pack
@@ -105,7 +115,22 @@ def fingerprint(
         except OSError:
             facts = "missing"  # the pass over the files reports it; the key still differs
         digest.update(f"{path}\0{label}\0{facts}\n".encode())
-    return digest.hexdigest()[:24]
+    return digest.hexdigest()[: 24 - _SIDE_DIGITS]
+
+
+def reusable(place: PackRoot, wanted: str) -> str | None:
+    """A complete pack of the same sources, split and encoding at a side at least the wanted one's,
+    the smallest such: it serves as the wanted pack would (its images are resized at read time)."""
+    family, side = wanted[:-_SIDE_DIGITS], int(wanted[-_SIDE_DIGITS:], 16)
+    larger = sorted(
+        (int(name[-_SIDE_DIGITS:], 16), name)
+        for name in place.entries()
+        if len(name) == len(wanted) and name.startswith(family) and int(name[-_SIDE_DIGITS:], 16) > side
+    )
+    for _, name in larger:
+        if place.read_json(place.path(name, META)) is not None:
+            return name
+    return None
 
 
 def pack_split(
@@ -126,9 +151,11 @@ def pack_split(
     storage = storage or Storage()
     place = PackRoot(root, storage)
     fingerprint_ = fingerprint(split, split_name, spec, storage, on_bad_image)
-    folder = place.path(fingerprint_)
     if (meta := place.read_json(place.path(fingerprint_, META))) is not None:
-        return _opened(place, folder, meta, reused=True)
+        return _opened(place, place.path(fingerprint_), meta, reused=True)
+    if (larger := reusable(place, fingerprint_)) is not None:
+        return _opened(place, place.path(larger), place.read_json(place.path(larger, META)), reused=True)
+    folder = place.path(fingerprint_)
 
     def done() -> bool:
         return place.read_json(place.path(fingerprint_, META)) is not None
@@ -185,7 +212,9 @@ def _write(
     progress: bool,
 ) -> dict:
     """Write (or finish) the pack's shards; pack.json's content, but for the time it took."""
-    committed = place.read_json(posixpath.join(folder, PROGRESS)) or {"shards": [], "skipped": [], "end": 0}
+    committed = place.read_json(posixpath.join(folder, PROGRESS)) or {
+        "shards": [], "skipped": [], "end": 0, "sizes": []
+    }  # fmt: skip
     if committed["end"]:
         log.info("Resuming pack %s after %d finished shards", folder, len(committed["shards"]))
     staging = _staging(place, folder)
@@ -204,8 +233,9 @@ def _write(
         "source_files": len(split.paths),
         "split": split_name,
         "spec": {
-            "stored": list(spec.stored.shape),
-            "scaled_decode": spec.stored.scaled_decode,
+            "side": spec.side,
+            "channels": spec.channels,
+            "scaled_decode": spec.scaled_decode,
             "quality": spec.quality,
             "subsampling": spec.subsampling,
             "shard_mb": spec.shard_mb,
@@ -214,6 +244,7 @@ def _write(
         "created": _now(),
         "last_used": _now(),
         "records": sum(shard["records"] for shard in committed["shards"]),
+        "stored_sizes": committed["sizes"],  # each stored [height, width] (up to a few), or "mixed"
         "shards": committed["shards"],
         "skipped": committed["skipped"],
     }
@@ -256,12 +287,13 @@ def _write_shards(
     shuffled = split_name == "train"
     order = np.random.default_rng(0).permutation(len(split)) if shuffled else np.arange(len(split))
     begin = committed["end"]
-    tasks = _sources([(split.paths[i], int(split.labels[i])) for i in order[begin:]], spec, place.storage)
+    items = [(split.paths[i], int(split.labels[i]), int(i)) for i in order[begin:]]
+    tasks = _sources(items, spec, place.storage)
     bar = None
     if progress:
         from keras.utils import Progbar
 
-        print(f"Packing {len(order)} images at {spec.stored.height}x{spec.stored.width} into {place.url}")
+        print(f"Packing {len(order)} images, shorter side {spec.side} px, into {place.url}")
         bar = Progbar(len(order), unit_name="image")
     state = {"writer": None, "file": None, "records": 0, "bytes": 0.0, "skipped": []}
 
@@ -284,7 +316,7 @@ def _write_shards(
 
     encoded = _encoded(tasks, len(order) - begin, workers)
     try:
-        for done, (path, label, data, reason) in enumerate(encoded, start=begin + 1):
+        for done, (path, label, index, data, reason) in enumerate(encoded, start=begin + 1):
             if data is None:
                 if on_bad_image == "error":
                     raise BadImageError(path, reason)
@@ -293,7 +325,8 @@ def _write_shards(
                 if state["writer"] is None:
                     state["file"] = staging / f"{len(committed['shards']):05d}.tfrecord.partial"
                     state["writer"] = tf.io.TFRecordWriter(str(state["file"]))
-                state["writer"].write(_example(data, label, path))
+                state["writer"].write(_example(data, label, path, index))
+                _note_size(committed, jpeg_size(data))
                 state["records"] += 1
                 state["bytes"] += len(data)
             full = state["bytes"] >= spec.shard_mb * 2**20
@@ -308,6 +341,13 @@ def _write_shards(
         committed["skipped"] += state["skipped"]
         committed["end"] = len(order)
         place.write_json(posixpath.join(folder, PROGRESS), committed)
+
+
+def _note_size(committed: dict, size: tuple[int, int] | None) -> None:
+    """Keep the stored sizes met, up to a few, so a reader knows when every image is one size."""
+    sizes = committed["sizes"]
+    if sizes != "mixed" and list(size) not in sizes:
+        committed["sizes"] = sizes + [list(size)] if len(sizes) < 4 else "mixed"
 
 
 def file_sha256(path: Path | str, fs: Any = None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import sys
 import threading
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from loaderlab.data.storage import Storage, StoreError, explain, is_url
+from loaderlab.loaders.augment import RESIZES, Augment, flips, padded_size, scaled_window, window
 
 # EXIF orientation is ignored, as tf.io.decode_jpeg and keras' image_dataset_from_directory do.
 # Colour decodes straight to RGB where OpenCV can (>= 4.10): the same pixels as BGR then cvtColor
@@ -32,7 +34,7 @@ _REDUCED = {
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers with no length field: TEM, RST0-7
 ON_BAD_IMAGE = ("error", "skip")
-_JPEG, _PNG, _BMP = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM"
+_JPEG, _PNG, _BMP, _GIF = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", (b"GIF87a", b"GIF89a")
 TAIL_BYTES = 1024  # bytes from the end in which a JPEG's or PNG's end marker is looked for
 
 
@@ -55,6 +57,8 @@ class ImageSpec:
     width: int
     channels: int = 3
     scaled_decode: bool = True  # JPEGs decode at the smallest libjpeg scale that covers (height, width)
+    resize: str = "squash"  # squash | crop | pad: how an image of another aspect fits (loaders/augment.py)
+    eval_crop: float | None = None  # the window's centre at this share of each side, except rrc's crops
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -64,18 +68,41 @@ class ImageSpec:
     def nbytes(self) -> int:
         return self.height * self.width * self.channels
 
+    @property
+    def facts(self) -> dict:
+        """The fields as JSON keeps them (a run's model facts, a pack's meta)."""
+        return dataclasses.asdict(self)
+
     @classmethod
-    def from_config(cls, input_size: int | list[int], channels: int, scaled_decode: bool = True) -> ImageSpec:
-        """Build from `model.input_size` (int or [height, width]), `data.channels`, `data.scaled_decode`."""
+    def from_config(
+        cls,
+        input_size: int | list[int],
+        channels: int,
+        scaled_decode: bool = True,
+        resize: str = "squash",
+        eval_crop: float | None = None,
+    ) -> ImageSpec:
+        """Build from `model.input_size` (int or [height, width]) and data's channels, scaled_decode,
+        resize and eval_crop."""
         if isinstance(input_size, int):
             height = width = input_size
         else:
             height, width = (int(v) for v in input_size)
         if channels not in _FLAGS:
-            raise ValueError(f"data.channels must be 1 or 3, got {channels}.")
+            raise ValueError(f"data.channels must be 1 or 3. Received: channels={channels!r}")
         if not isinstance(scaled_decode, bool):
-            raise ValueError(f"data.scaled_decode must be true or false, got {scaled_decode!r}.")
-        return cls(height, width, channels, scaled_decode)
+            raise ValueError(
+                f"data.scaled_decode must be true or false. Received: scaled_decode={scaled_decode!r}"
+            )
+        if resize not in RESIZES:
+            raise ValueError(f"data.resize must be one of {list(RESIZES)}. Received: resize={resize!r}")
+        if eval_crop is not None and not 0 < eval_crop <= 1:
+            raise ValueError(
+                f"data.eval_crop must be null or in (0, 1], e.g. 0.875. Received: eval_crop={eval_crop!r}"
+            )
+        return cls(
+            height, width, channels, scaled_decode, resize, None if eval_crop is None else float(eval_crop)
+        )
 
 
 def jpeg_size(data: bytes | bytearray | memoryview | np.ndarray) -> tuple[int, int] | None:
@@ -107,6 +134,18 @@ def jpeg_size(data: bytes | bytearray | memoryview | np.ndarray) -> tuple[int, i
     return None
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG, PNG, BMP or GIF header (GIF: its canvas); None if none is found."""
+    if data.startswith(_PNG) and len(data) >= 24:
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data.startswith(_BMP) and len(data) >= 26:
+        width, height = (abs(int.from_bytes(data[k : k + 4], "little", signed=True)) for k in (18, 22))
+        return height, width
+    if data.startswith(_GIF) and len(data) >= 10:
+        return int.from_bytes(data[8:10], "little"), int.from_bytes(data[6:8], "little")
+    return jpeg_size(data)
+
+
 def jpeg_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
     """The largest libjpeg reduction n (8, 4, 2, else 1) whose output still covers target on both sides.
 
@@ -117,17 +156,6 @@ def jpeg_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
         if -(-height // n) >= target_h and -(-width // n) >= target_w:
             return n
     return 1
-
-
-def decode_flags(data: bytes | np.ndarray, spec: ImageSpec) -> int:
-    """cv2.imdecode flags for this file: a reduced JPEG decode where the spec allows and the size permits."""
-    if spec.scaled_decode:
-        size = jpeg_size(data)
-        if size is not None:
-            n = jpeg_scale(size, (spec.height, spec.width))
-            if n > 1:
-                return _REDUCED[spec.channels][n]
-    return _FLAGS[spec.channels]  # PNG, BMP (OpenCV would shrink them with a resize) and full-size JPEG
 
 
 def image_verdict(head: bytes, tail: bytes, size: int) -> str | None:
@@ -141,7 +169,9 @@ def image_verdict(head: bytes, tail: bytes, size: int) -> str | None:
     if head.startswith(_BMP):
         declared = int.from_bytes(head[2:6], "little")
         return None if declared <= size else f"truncated BMP ({size} of {declared} bytes)"
-    return "not a JPEG, PNG or BMP file (unknown header)"
+    if head.startswith(_GIF):
+        return None if tail.rstrip(b"\0").endswith(b";") else "truncated GIF (no trailer)"
+    return "not a JPEG, PNG, BMP or GIF file (unknown header)"
 
 
 def remote_bytes(url: str, fetched: bytes | Exception) -> bytes:
@@ -174,36 +204,72 @@ def read_file(path: str) -> bytes:
     return data
 
 
-def decode_resize(path: str, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
+def decode_resize(
+    path: str,
+    spec: ImageSpec,
+    out: np.ndarray | None = None,
+    augment: Augment | None = None,
+    u: np.ndarray | None = None,
+) -> np.ndarray:
     """Decode one file (a JPEG at a reduced scale, see ImageSpec) to uint8 HWC at spec's size, or raise.
 
     With `out` (a C-contiguous uint8 array of spec.shape, e.g. one slot of a batch), the result is
-    written there and no output buffer is allocated.
+    written there and no output buffer is allocated. `augment`, `u`: see decode_bytes.
     """
-    return decode_bytes(read_file(path), spec, out, name=path)
+    return decode_bytes(read_file(path), spec, out, path, augment, u)
 
 
 def decode_bytes(
-    data: bytes, spec: ImageSpec, out: np.ndarray | None = None, name: str = "<bytes>"
+    data: bytes,
+    spec: ImageSpec,
+    out: np.ndarray | None = None,
+    name: str = "<bytes>",
+    augment: Augment | None = None,
+    u: np.ndarray | None = None,
 ) -> np.ndarray:
-    """decode_resize for an encoded image already in memory (a packed record, say); `name` is for errors."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), decode_flags(data, spec))
+    """decode_resize for an encoded image already in memory (a packed record, say); `name` is for errors.
+
+    `u`: a training image's uniforms (augment.draws), for its flip and rrc crop; None for the resize
+    mode's window. A JPEG decodes at the smallest libjpeg scale that still covers its window's output.
+    """
+    buffer = np.frombuffer(data, np.uint8)
+    size = jpeg_size(data)  # the header alone: the window and scale are known before decoding
+    n = 1
+    if size is not None:
+        box = window(size, spec, augment, u)
+        if spec.scaled_decode:
+            n = jpeg_scale(box[2:], (spec.height, spec.width))
+        image = cv2.imdecode(buffer, _REDUCED[spec.channels][n] if n > 1 else _FLAGS[spec.channels])
+    else:  # PNG, BMP, GIF (its first frame): the size is known once decoded
+        image = cv2.imdecode(buffer, _FLAGS[spec.channels])
+        box = None if image is None else window(image.shape[:2], spec, augment, u)
     if image is None:
         raise BadImageError(name, "not a decodable image (truncated, corrupt or another format)")
     if spec.channels == 3 and _RGB is None:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # old OpenCV decodes to BGR
-    if out is None:
-        if image.shape[:2] != (spec.height, spec.width):
-            image = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
-        return image.reshape(spec.shape)
-    target = out.reshape((spec.height, spec.width) if image.ndim == 2 else spec.shape)
-    if image.shape[:2] != (spec.height, spec.width):
-        resized = cv2.resize(image, (spec.width, spec.height), dst=target, interpolation=cv2.INTER_LINEAR)
-        if resized.ctypes.data != target.ctypes.data:  # OpenCV reallocated: never lose the pixels
-            np.copyto(target, resized.reshape(target.shape))
+    y, x, height, width = scaled_window(box, n, image.shape[:2])
+    if (height, width) != image.shape[:2]:
+        image = image[y : y + height, x : x + width]  # a view: the resize below reads only the window
+    if spec.resize == "pad" and not (u is not None and augment.crops):
+        pad_h, pad_w, top, left = padded_size(image.shape[:2], (spec.height, spec.width))
+        image = cv2.copyMakeBorder(
+            image, top, pad_h - height - top, left, pad_w - width - left, cv2.BORDER_CONSTANT, value=0
+        )
+    if out is None and image.shape[:2] == (spec.height, spec.width) and image.flags.c_contiguous:
+        target = image  # decoded at the size wanted: no copy
     else:
-        np.copyto(target, image.reshape(target.shape))
-    return out
+        target = (aligned_empty(spec.shape) if out is None else out).reshape(
+            (spec.height, spec.width) if image.ndim == 2 else spec.shape
+        )
+        if image.shape[:2] != (spec.height, spec.width):
+            resized = cv2.resize(image, (spec.width, spec.height), dst=target, interpolation=cv2.INTER_LINEAR)
+            if resized.ctypes.data != target.ctypes.data:  # OpenCV reallocated: never lose the pixels
+                np.copyto(target, resized.reshape(target.shape))
+        else:
+            np.copyto(target, image.reshape(target.shape))
+    if flips(u):
+        cv2.flip(target, 1, dst=target)
+    return target.reshape(spec.shape)
 
 
 @functools.cache  # once per process, from whichever decoder is made first
@@ -250,6 +316,7 @@ class ImageDecoder:
     spec: ImageSpec
     on_bad_image: str = "error"
     storage: Storage = field(default_factory=Storage)  # how URLs (s3://...) are read; local paths skip it
+    augment: Augment = field(default_factory=Augment)  # drawn for training batches (batch's `indices`)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -268,17 +335,22 @@ class ImageDecoder:
         _recycle_freed_memory()  # a spawned worker process starts with glibc's defaults
 
     def decode(
-        self, path: str, out: np.ndarray | None = None, fetched: bytes | Exception | None = None
+        self,
+        path: str,
+        out: np.ndarray | None = None,
+        fetched: bytes | Exception | None = None,
+        u: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """One image (written into `out` when given), or None when it is bad and the policy is skip.
 
-        `fetched`: a URL's bytes (or error) already read with the rest of its batch.
+        `fetched`: a URL's bytes (or error) already read with the rest of its batch; `u`: a training
+        image's draws (self.augment.draws).
         """
         try:
             if is_url(path):
                 data = self.storage.read_many([path])[0] if fetched is None else fetched
-                return decode_bytes(remote_bytes(path, data), self.spec, out, name=path)
-            return decode_resize(path, self.spec, out)
+                return decode_bytes(remote_bytes(path, data), self.spec, out, path, self.augment, u)
+            return decode_resize(path, self.spec, out, self.augment, u)
         except BadImageError as e:
             if self.on_bad_image == "error":
                 raise
@@ -292,12 +364,21 @@ class ImageDecoder:
                 self.skipped.append((path, reason))
 
     def batch(
-        self, paths, labels: np.ndarray, out: np.ndarray | None = None
+        self,
+        paths,
+        labels: np.ndarray,
+        out: np.ndarray | None = None,
+        indices: np.ndarray | None = None,
+        epoch: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode a batch in place into one array (`out`, at least len(paths) images, when given).
 
-        Skipped images are left out of both arrays.
+        `indices` (the images' places in their split) marks a training batch of `epoch`: the decoder's
+        augment is drawn for each. Skipped images are left out of both arrays.
         """
+        draws = [None] * len(paths)
+        if indices is not None and self.augment.at_decode:
+            draws = self.augment.draws(int(epoch), np.asarray(indices))
         images = aligned_empty((len(paths), *self.spec.shape)) if out is None else out[: len(paths)]
         keep = np.ones(len(paths), dtype=bool)
         paths = [p.decode() if isinstance(p, bytes) else p for p in paths]
@@ -305,7 +386,7 @@ class ImageDecoder:
         # time would leave the cores waiting out every request's latency.
         fetched = self.storage.read_many(paths) if paths and is_url(paths[0]) else [None] * len(paths)
         for i, path in enumerate(paths):
-            keep[i] = self.decode(path, out=images[i], fetched=fetched[i]) is not None
+            keep[i] = self.decode(path, out=images[i], fetched=fetched[i], u=draws[i]) is not None
         if keep.all():
             return images, np.asarray(labels, dtype=np.int32)
         return images[keep], np.asarray(labels, dtype=np.int32)[keep]

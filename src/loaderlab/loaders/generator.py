@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,13 +15,15 @@ from loaderlab.loaders.decode import ImageDecoder
 def epoch_batches(
     split: Split, decoder: ImageDecoder, batch_size: int, shuffle: bool, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless batches, one pass per epoch, reshuffled each pass; one thread decodes."""
+    """Endless batches, one pass per epoch, reshuffled each pass; one thread decodes. A shuffled
+    (training) pass draws the decoder's augment for its epoch."""
     rng = np.random.default_rng(seed)
-    while True:
+    for epoch in itertools.count():
         order = rng.permutation(len(split)) if shuffle else np.arange(len(split))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            yield decoder.batch([split.paths[i] for i in idx], split.labels[idx])
+            paths, labels = [split.paths[i] for i in idx], split.labels[idx]
+            yield decoder.batch(paths, labels, indices=idx if shuffle else None, epoch=epoch)
 
 
 class GeneratorLoader(Loader):

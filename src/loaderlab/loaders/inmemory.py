@@ -55,6 +55,12 @@ class InMemoryLoader(Loader):
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> Feed:
         """Decode the whole split into memory (threads: OpenCV releases the GIL)."""
+        if training and decoder.augment.at_decode:
+            raise ValueError(
+                "loader=inmemory decodes every image once, before training, so nothing can be drawn per "
+                "epoch at the decode: set augment=layers (in the model) or choose a streaming loader "
+                f"(loader=tfdata). Received: augment={decoder.augment.kind}"
+            )
         self.check_fits(len(split), decoder)
         images = np.empty((len(split), *decoder.spec.shape), dtype=np.uint8)
         keep = np.ones(len(split), dtype=bool)

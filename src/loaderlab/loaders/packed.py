@@ -1,8 +1,9 @@
 """Packed: the split written once as TFRecord shards of resized JPEGs (data/pack.py), read by tf.data.
 
 Each epoch: the shard order reshuffled, shards read in parallel (interleave), records shuffled in a
-bounded buffer, then decoded: in TensorFlow's graph at the default stored size (the input size), else
-with the shared decoder and resized. A pack in a store is read from a local cache of its shards, or
+bounded buffer, then decoded in TensorFlow's graph: a plain decode where every image is stored at the
+input size, else each image's window (tf_decode: the resize mode, or a training crop) decoded and
+resized. A pack in a store is read from a local cache of its shards, or
 streamed shard by shard when it is larger than `cache_gb` allows (data/pack_cache.py).
 """
 
@@ -12,7 +13,6 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
@@ -20,15 +20,18 @@ from loaderlab.data.pack import Pack, PackSpec, pack_split
 from loaderlab.data.pack_cache import local_shards, stream_records
 from loaderlab.data.pack_root import PackRoot, hold_to_read
 from loaderlab.loaders.base import Feed, Loader, num_batches
-from loaderlab.loaders.decode import ImageDecoder, ImageSpec, aligned_empty, decode_bytes
+from loaderlab.loaders.decode import ImageDecoder, ImageSpec
+from loaderlab.loaders.tf_decode import tf_decode_resize_data, tf_uniforms
 from loaderlab.utils.paths import OUTPUTS
 from loaderlab.utils.system import MB, usable_cores
 
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
+    "index": tf.io.FixedLenFeature([], tf.int64),
 }
 _HANDOFF_RECORDS = 64  # records a shard's reader passes on at once
+RRC_SIDE = 1.25  # loader.pack_side=null under augment=rrc: this times the input side (docs/packs.md)
 
 
 class PackedLoader(Loader):
@@ -38,7 +41,7 @@ class PackedLoader(Loader):
 
     def __init__(
         self,
-        stored_size: int | list[int] | None = None,
+        pack_side: int | None = None,
         quality: int = 90,
         subsampling: str = "444",
         shard_mb: float = 100.0,
@@ -62,7 +65,11 @@ class PackedLoader(Loader):
             raise ValueError(
                 f"loader.shuffle_buffer must be positive. Received: shuffle_buffer={shuffle_buffer}"
             )
-        self.stored_size, self.quality, self.shard_mb = stored_size, quality, shard_mb
+        if pack_side is not None and pack_side < 1:
+            raise ValueError(
+                f"loader.pack_side must be null or a positive px count. Received: pack_side={pack_side}"
+            )
+        self.pack_side, self.quality, self.shard_mb = pack_side, quality, shard_mb
         self.subsampling = str(subsampling)
         self.shuffle_buffer = shuffle_buffer
         # One call more than cores: each call's serial parts (parsing, stacking the batch) would
@@ -75,12 +82,19 @@ class PackedLoader(Loader):
         self.autotune = autotune
 
     def pack(self, split: Split, decoder: ImageDecoder, training: bool) -> Pack:
-        """The split's pack, written now unless an identical one exists; bad files follow the policy."""
-        stored = self.stored_spec(decoder.spec)
+        """The split's pack, written now unless one that serves exists; bad files follow the policy."""
+        spec = decoder.spec
         pack = pack_split(
             split,
             "train" if training else "val",
-            PackSpec(stored, self.quality, self.subsampling, self.shard_mb),
+            PackSpec(
+                self.side(decoder, training),
+                spec.channels,
+                spec.scaled_decode,
+                self.quality,
+                self.subsampling,
+                self.shard_mb,
+            ),  # fmt: skip
             self.root,
             decoder.on_bad_image,
             progress=self.progress,
@@ -90,15 +104,13 @@ class PackedLoader(Loader):
             decoder.note_skipped(path, reason)
         return pack
 
-    def stored_spec(self, spec: ImageSpec) -> ImageSpec:
-        """The spec the pack stores images at: `stored_size`, or the model's input size."""
-        if self.stored_size is None:
-            height, width = spec.height, spec.width
-        elif isinstance(self.stored_size, int):
-            height = width = self.stored_size
-        else:
-            height, width = (int(v) for v in self.stored_size)
-        return ImageSpec(height, width, spec.channels, spec.scaled_decode)
+    def side(self, decoder: ImageDecoder, training: bool) -> int:
+        """The stored shorter side: `pack_side`, else the input's larger side, RRC_SIDE times that for
+        a training pack that rrc crops (a crop of real pixels, not an upscaled one)."""
+        if self.pack_side is not None:
+            return int(self.pack_side)
+        larger = max(decoder.spec.height, decoder.spec.width)
+        return round(larger * RRC_SIDE) if training and decoder.augment.crops else larger
 
     def dataset(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
@@ -212,48 +224,61 @@ class PackedLoader(Loader):
             ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
         ds = ds.batch(batch_size)
+        steps = num_batches(records, batch_size)
         if endless:  # epoch after epoch, each whole; the decode below runs on across their edges
             ds = ds.repeat()
+        # Batch b is in epoch b // steps (every pass has `steps` batches); -1: no epoch, nothing drawn.
+        drawn = endless and training and decoder.augment.at_decode
+        ds = ds.enumerate() if drawn else ds.map(lambda records: (tf.constant(-1, tf.int64), records))
         # In order when endless, so that fit's steps_per_epoch batches are exactly one epoch.
         ds = ds.map(
-            self._parser(spec),
+            self._parser(pack, decoder if drawn else None, spec, steps),
             num_parallel_calls=self.num_parallel_calls,
             deterministic=endless or not training,
         )
         if not endless:  # records carry no count TensorFlow can see; Keras needs it for steps and progress
-            ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(records, batch_size)))
+            ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
         options = tf.data.Options()
         # Every parallelism here is set; with autotuning on, about a third of the passes still ran on
         # one core (docs/packs.md, "Full speed").
         options.autotune.enabled = self.autotune
         return ds.prefetch(self.prefetch).with_options(options)
 
-    def _parser(self, spec: ImageSpec) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-        """A batch of serialized records to (images, labels) at the spec's size."""
-        if self.stored_spec(spec).shape == spec.shape:  # stored at the input size: a plain JPEG decode
-            # In the graph, a batch per call, with no Python lock; ISLOW is OpenCV's IDCT: the same pixels.
-            def parse_batch(records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                example = tf.io.parse_example(records, _FEATURES)
-                images = tf.map_fn(
+    def _parser(
+        self, pack: Pack, drawn: ImageDecoder | None, spec: ImageSpec, steps: int
+    ) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        """(batch number, serialized records) to (images, labels) at the spec's size, in the graph, a
+        batch per call, with no Python lock. `drawn`: the training decoder whose augment is drawn."""
+        at_input = pack.meta.get("stored_sizes") == [[spec.height, spec.width]]
+        if at_input and drawn is None and spec.eval_crop is None:
+            # Every image stored at the input size: a plain decode; ISLOW is OpenCV's IDCT, the same pixels.
+            def decode(example: dict, epoch: tf.Tensor) -> tf.Tensor:
+                return tf.map_fn(
                     lambda data: tf.io.decode_jpeg(data, spec.channels, dct_method="INTEGER_ACCURATE"),
                     example["image"],
                     fn_output_signature=tf.TensorSpec(spec.shape, tf.uint8),
                 )
-                return images, tf.cast(example["label"], tf.int32)
 
-            return parse_batch
+        else:  # each image's window (resize mode, eval_crop, or a drawn crop), decoded and resized
+            augment = drawn.augment if drawn is not None else None
 
-        def decode(images: np.ndarray) -> np.ndarray:
-            out = aligned_empty((len(images), *spec.shape))
-            for i, data in enumerate(images):
-                decode_bytes(data, spec, out=out[i], name="packed record")
-            return out
+            def decode(example: dict, epoch: tf.Tensor) -> tf.Tensor:
+                if augment is None:
+                    return tf.map_fn(
+                        lambda data: tf_decode_resize_data(data, spec),
+                        example["image"],
+                        fn_output_signature=tf.TensorSpec(spec.shape, tf.uint8),
+                    )
+                draws = tf_uniforms(augment.seed, epoch, example["index"])
+                return tf.map_fn(
+                    lambda item: tf_decode_resize_data(item[0], spec, augment, item[1]),
+                    (example["image"], draws),
+                    fn_output_signature=tf.TensorSpec(spec.shape, tf.uint8),
+                )
 
-        def parse(records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def parse(b: tf.Tensor, records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             example = tf.io.parse_example(records, _FEATURES)
-            images = tf.numpy_function(decode, [example["image"]], tf.uint8, stateful=False)
-            images.set_shape((None, *spec.shape))
-            return images, tf.cast(example["label"], tf.int32)
+            return decode(example, b // steps), tf.cast(example["label"], tf.int32)
 
         return parse
 

@@ -73,6 +73,7 @@ class PathBatches(PyDataset):
         self._rng = np.random.default_rng(seed)
         self._order = self._rng.permutation(len(split)) if shuffle else np.arange(len(split))
         self._next_order: np.ndarray | None = None  # drawn early when the next epoch starts early
+        self._epoch = 0  # a training pass's augment is drawn for it
         self.ring: BatchRing | None = None
         self._ahead: dict[int, Future] = {}  # index -> the next epoch's batch, decoding or done
         self._ahead_order: np.ndarray | None = None
@@ -87,10 +88,14 @@ class PathBatches(PyDataset):
     def __len__(self) -> int:
         return num_batches(len(self.split), self.batch_size)
 
-    def _decode(self, order: np.ndarray, index: int, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(
+        self, order: np.ndarray, index: int, out: np.ndarray | None, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
         idx = order[index * self.batch_size : (index + 1) * self.batch_size]
-        batch = self.decoder.batch([self.split.paths[i] for i in idx], self.split.labels[idx], out=out)
+        paths, labels = [self.split.paths[i] for i in idx], self.split.labels[idx]
+        indices = idx if self.shuffle else None  # a training batch: augment drawn for it
+        batch = self.decoder.batch(paths, labels, out=out, indices=indices, epoch=epoch)
         self._image_s = (time.perf_counter() - start) / max(len(idx), 1)  # the latest: guess of the next
         return batch
 
@@ -100,7 +105,8 @@ class PathBatches(PyDataset):
         if ahead is not None:
             batch = ahead.result()
         else:
-            batch = self._decode(self._order, index, self.ring.take() if self.ring is not None else None)
+            out = self.ring.take() if self.ring is not None else None
+            batch = self._decode(self._order, index, out, self._epoch)
         if index == len(self) - 1 and self.ring is not None and self.look_ahead:
             with self._lock:
                 self._start_next_epoch()
@@ -116,10 +122,13 @@ class PathBatches(PyDataset):
         # Enough to keep every worker busy through Keras' wait, and never more than its queue holds.
         busy = math.ceil(KERAS_EPOCH_END_WAIT_S / max(self._image_s * self.batch_size, 1e-3)) + 1
         ahead = min(self.workers * busy, self.max_queue_size, len(self))
-        self._ahead = {i: self._pool.submit(self._decode, order, i, None) for i in range(ahead)}
+        epoch = self._epoch + 1
+        self._ahead = {i: self._pool.submit(self._decode, order, i, None, epoch) for i in range(ahead)}
         self._ahead_order = order
 
     def on_epoch_end(self) -> None:
+        with self._lock:
+            self._epoch += 1
         if self.shuffle:
             with self._lock:
                 self._order = (

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
-from loaderlab.loaders.base import Feed, Loader
+from loaderlab.loaders.base import Feed, Loader, num_batches
 from loaderlab.loaders.decode import ImageDecoder
 from loaderlab.utils.system import usable_cores
 
@@ -81,10 +81,62 @@ class TFDataLoader(Loader):
             decode_batch, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic
         )
 
+    def _drawn_batches(
+        self, split: Split, decoder: ImageDecoder, batch_size: int, seed: int
+    ) -> tf.data.Dataset:
+        """Training batches with the decoder's augment drawn at decode time: epoch after epoch, endless,
+        each batch knowing its epoch (batch b is in epoch b // steps: every pass has `steps` batches)."""
+        spec, augment = decoder.spec, decoder.augment
+        steps = num_batches(len(split), batch_size)
+        ds = tf.data.Dataset.from_tensor_slices(
+            (list(split.paths), split.labels.astype(np.int32), np.arange(len(split), dtype=np.int64))
+        )
+        ds = ds.shuffle(self.shuffle_buffer or len(split), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).repeat().enumerate()
+        if self.decode == "tf":
+            from loaderlab.loaders.tf_decode import tf_decode_resize, tf_uniforms
+
+            def decode(b: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+                paths, labels, indices = batch
+                draws = tf_uniforms(augment.seed, b // steps, indices)
+                images = tf.map_fn(
+                    lambda item: tf_decode_resize(item[0], spec, augment, item[1]),
+                    (paths, draws),
+                    fn_output_signature=tf.TensorSpec(spec.shape, tf.uint8),
+                )
+                return images, labels
+
+        else:
+
+            def decode(b: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+                paths, labels, indices = batch
+                images, labels = tf.numpy_function(
+                    lambda p, y, i, e: decoder.batch(p, y, None, i, e),
+                    [paths, labels, indices, b // steps],
+                    [tf.uint8, tf.int32],
+                    stateful=False,
+                )
+                images.set_shape((None, *spec.shape))
+                labels.set_shape((None,))
+                return images, labels
+
+        ds = ds.map(decode, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic)
+        if self.decode == "tf" and decoder.on_bad_image == "skip":
+            ds = ds.ignore_errors(log_warning=True)  # a whole batch, as TF ops cannot say which file
+        return ds
+
     def dataset(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> tf.data.Dataset:
-        """The pipeline, one pass over the split."""
+        """The pipeline: one pass over the split, or endless epochs when training draws an augment."""
+        if training and decoder.augment.at_decode:
+            if self.cache:
+                raise ValueError(
+                    "loader.cache keeps decoded images, so augment cannot be drawn at each decode: set "
+                    f"loader.cache=null or augment=none|layers. Received: cache={self.cache!r}, "
+                    f"augment={decoder.augment.kind}"
+                )
+            return self._finish(self._drawn_batches(split, decoder, batch_size, seed))
         ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels.astype(np.int32)))
         if self.cache:
             # Decode once, then serve from the cache; shuffle decoded images after it.
@@ -97,6 +149,10 @@ class TFDataLoader(Loader):
             if training:
                 ds = ds.shuffle(self.shuffle_buffer or len(split), seed=seed, reshuffle_each_iteration=True)
             ds = self._decoded_batches(ds, decoder, batch_size)
+        return self._finish(ds)
+
+    def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """Prefetch and the pipeline's options."""
         options = tf.data.Options()
         options.autotune.enabled = self.autotune
         if self.private_threadpool_size:
@@ -116,5 +172,8 @@ class TFDataLoader(Loader):
     def feed(
         self, split: Split, decoder: ImageDecoder, batch_size: int, training: bool, seed: int = 0
     ) -> Feed:
-        """A finite dataset; fit iterates it once per epoch."""
-        return Feed(x=self.dataset(split, decoder, batch_size, training, seed))
+        """A finite dataset that fit iterates once per epoch; endless, with one epoch's steps, where
+        training draws an augment."""
+        x = self.dataset(split, decoder, batch_size, training, seed)
+        drawn = training and decoder.augment.at_decode
+        return Feed(x=x, steps=num_batches(len(split), batch_size) if drawn else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
@@ -51,20 +52,24 @@ def build(
     weights: str | None = None,
     imagenet_file: str | None = None,
     dropout: float = 0.2,
-    augment: bool = False,
+    augment: Mapping | None = None,
     trainable_base: bool = True,
     options: dict | None = None,
 ) -> keras.Model:
     """keras.applications.<application> without its top, after FamilyPreprocess(<preprocessing>), with
-    global average pooling, dropout and a float32 softmax (mixed precision keeps the output float32).
+    global average pooling, dropout and a float32 softmax (mixed precision keeps the output float32);
+    `augment`: augment=layers' knobs (models/layers.py), applied before the preprocessing, or None.
 
     A pretrained base keeps its BatchNorm layers in inference mode, frozen or fine-tuned (keras.io's
     transfer-learning guide); a base trained from scratch (weights=None) trains them as any model."""
     height, width, _ = input_shape
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
-    x = FamilyPreprocess(preprocessing, dtype="float32", name="preprocess")(inputs)
-    for layer in augmentation(augment):
-        x = layer(x)
+    x = inputs
+    if augment:  # augment=layers, on the pixels in [0, 255], before the family's own preprocessing
+        x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(x)
+        for layer in augmentation(augment, (0.0, 255.0)):
+            x = layer(x)
+    x = FamilyPreprocess(preprocessing, dtype="float32", name="preprocess")(x)
     from loaderlab.training.warm_start import is_run_reference
 
     # An earlier run's weights (runs:/, models:/) are loaded into the whole model after it is built.

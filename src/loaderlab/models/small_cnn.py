@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 
@@ -15,15 +15,16 @@ def build(
     filters: Sequence[int] = (16, 32, 64, 128),
     dropout: float = 0.2,
     bn_momentum: float = 0.9,
-    augment: bool = True,
+    augment: Mapping | None = None,
     pooling: str = "max",
 ) -> keras.Model:
-    """Conv-BN-ReLU blocks with pooling, global max (or average) pooling and a softmax head."""
+    """Conv-BN-ReLU blocks with pooling, global max (or average) pooling and a softmax head;
+    `augment`: augment=layers' knobs (models/layers.py), or None."""
     if pooling not in ("max", "avg"):
         raise ValueError(f"pooling must be 'max' or 'avg'. Received: pooling={pooling!r}")
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for layer in augmentation(augment):
+    for layer in augmentation(augment, (0.0, 1.0)):
         x = layer(x)
     for f in filters:
         x = keras.layers.Conv2D(f, 3, padding="same", use_bias=False)(x)

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from loaderlab.data.manifest import Manifest
 from loaderlab.loaders.decode import ImageSpec
@@ -49,7 +49,17 @@ def build_model(cfg: DictConfig, spec: ImageSpec, num_classes: int, strategy: An
     from loaderlab.training.precision import dtype_policy, dtype_policy_for, visible_gpu
 
     with strategy.scope(), dtype_policy(dtype_policy_for(cfg.trainer.mixed_precision, visible_gpu())):
-        return instantiate(cfg.model.build, input_shape=spec.shape, num_classes=num_classes)
+        return instantiate(
+            cfg.model.build, input_shape=spec.shape, num_classes=num_classes, augment=model_augment(cfg)
+        )
+
+
+def model_augment(cfg: DictConfig) -> dict | None:
+    """augment=layers' knobs for the model's random layers; None where loaders or nothing augment."""
+    augment = cfg.get("augment") or {}
+    if augment.get("kind") != "layers":
+        return None
+    return {k: v for k, v in OmegaConf.to_container(augment, resolve=True).items() if k != "kind"}
 
 
 def enter_phase(

@@ -27,7 +27,7 @@ from loaderlab.training.evaluate import finish_model
 from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrupt
 from loaderlab.training.monitors import Monitors
 from loaderlab.utils.system import MB
-from loaderlab.validate import check_config, drop_bad_images
+from loaderlab.validate import augment_of, check_config, drop_bad_images
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _train_logged(
         distributed.check_loader(loader, worker)  # before any data work
     manifest, bad = _read_manifest(cfg)
     _log_global_batches(cfg, strategy, worker, run_log)
-    decoder = ImageDecoder(spec, cfg.data.on_bad_image, storage_of(cfg.data))
+    decoder = ImageDecoder(spec, cfg.data.on_bad_image, storage_of(cfg.data), augment_of(cfg))
     monitors = Monitors.create(cfg, run_log, images_per_epoch=len(manifest.train))
     best_before = run_log.lowest("val_loss")  # earlier jobs' of a resumed run, kept in its folder
     cluster: dict[str, float] = {}  # multiworker: every worker's peak memory
