@@ -76,7 +76,7 @@ def make_bad_files(folder: Path) -> dict[str, str]:
     return {
         str(folder / "truncated.jpg"): "truncated JPEG",
         str(folder / "empty.jpg"): "file is empty",
-        str(folder / "text.jpg"): "not a JPEG, PNG or BMP",
+        str(folder / "text.jpg"): "not a JPEG, PNG, BMP or GIF",
         str(folder / "truncated.png"): "truncated PNG",
         str(folder / "missing.jpg"): "does not exist",
     }

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from conftest import CONF_DIR, compose_config
 from loaderlab.validate import ConfigError, check_config
 
-GROUPS = ["data", "loader", "model", "batch", "trainer", "callbacks", "tracking", "strategy"]
+GROUPS = ["data", "loader", "model", "augment", "batch", "trainer", "callbacks", "tracking", "strategy"]
 PRESETS = ["debug", "experiment"]  # off (null) by default
 REQUIRED = {
     "data=folder": ["data.root=/x"],
@@ -47,10 +47,11 @@ def test_defaults_are_the_documented_ones() -> None:
     assert cfg.tracking.experiment == "loaderlab"
 
 
-def test_unknown_loader_is_refused_with_the_options() -> None:
+@pytest.mark.parametrize(("group", "option"), [("loader", "tfdata"), ("augment", "rrc")])
+def test_an_unknown_option_is_refused_with_the_options(group: str, option: str) -> None:
     with pytest.raises(ConfigCompositionException, match="Available options") as e:
-        compose_config(["loader=magic"])
-    assert "tfdata" in str(e.value.__cause__ or e.value)
+        compose_config([f"{group}=magic"])
+    assert option in str(e.value.__cause__ or e.value)
 
 
 @pytest.mark.parametrize(
@@ -71,6 +72,14 @@ def test_unknown_loader_is_refused_with_the_options() -> None:
         (["+callbacks.mine={patience: 2}"], "callbacks.mine needs a _target_"),
         (["model.weights=/x.h5"], "model=small_cnn has no pretrained base"),
         (["strategy=multiworker", "trainer.class_weight=balanced"], "not run by strategy=multiworker"),
+        (["data.resize=stretch"], r"data.resize must be one of \['squash', 'crop', 'pad'\]. Received"),
+        (["data.eval_crop=1.5"], "data.eval_crop must be null or in"),
+        (["augment.kind=mixup"], r"augment must be one of \['none', 'flip', 'rrc', 'layers'\]"),
+        (["augment=rrc", "augment.scale=[0.5,0.2]"], "augment.scale must be"),
+        (["augment=rrc", "loader=inmemory"], "loader=inmemory decodes every image once.*augment=layers"),
+        (["augment=flip", "loader=tfdata_service"], "tfdata_service.*loader=tfdata or loader=packed"),
+        (["augment=rrc", "loader.cache=memory"], "loader.cache keeps decoded images"),
+        (["augment=rrc", "strategy=multiworker"], "does not number epochs"),
     ],
 )
 def test_bad_values_say_what_to_change(overrides: list[str], message: str) -> None:

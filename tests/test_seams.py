@@ -38,6 +38,8 @@ DIMENSIONS = {
     # as efficientnetv2b0 has at a fifth of its cost per case. vgg16 and the other families are the
     # same builder (models/backbone.py) with another yaml, each built in test_backbones.py.
     "model": ["small_cnn", "resnet50", "mobilenetv3small"],
+    "augment": ["none", "rrc", "layers"],  # flip is rrc's draw without the crop
+    "resize": ["squash", "crop", "pad"],
     "strategy": ["default", "mirrored", "multiworker"],  # multiworker: one worker, in this process
     "source": ["folder", "csv", "s3"],
     "on_bad_image": ["error", "skip"],
@@ -47,30 +49,38 @@ BAD_FILE = "zz-bad.jpg"  # one file that is not an image at all, in every source
 BUCKET = "seams"
 
 
-def refusal(case: dict[str, str]) -> tuple[str, str, str] | None:
-    """(dimension, value, message pattern) of a combination that refuses by design, else None."""
+AUGMENT_REFUSALS = {"inmemory": "loader=inmemory decodes every image once", "tfdata_service": "tfdata_service"}
+
+
+def refusal(case: dict[str, str]) -> tuple[set, str] | None:
+    """(the pairs it shows, message pattern) of a combination that refuses by design, else None: the
+    first refusal that a run meets (the config checks, then the loader, then the pass over the files)."""
+    if case["augment"] == "rrc" and case["loader"] in AUGMENT_REFUSALS:
+        return {(("loader", case["loader"]), ("augment", "rrc"))}, AUGMENT_REFUSALS[case["loader"]]
+    if case["augment"] == "rrc" and case["strategy"] == "multiworker":
+        return {(("augment", "rrc"), ("strategy", "multiworker"))}, "does not number epochs"
     if case["loader"] == "tfdata_service" and case["source"] == "s3":
-        return "source", "s3", r"loader=tfdata"
+        return {(("loader", "tfdata_service"), ("source", "s3"))}, r"loader=tfdata"
     if case["on_bad_image"] == "error":
-        return "on_bad_image", "error", rf"Bad image '[^']*{BAD_FILE}'.*data.on_bad_image=skip"
+        pairs = {pair for pair in all_pairs(case) if ("on_bad_image", "error") in pair}
+        return pairs, rf"Bad image '[^']*{BAD_FILE}'.*data.on_bad_image=skip"
     return None
 
 
+def all_pairs(case: dict[str, str]) -> set[tuple[tuple[str, str], tuple[str, str]]]:
+    return {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(DIMENSIONS, 2)}
+
+
 def exercised_pairs(case: dict[str, str]) -> set[tuple[tuple[str, str], tuple[str, str]]]:
-    """The pairs a case really runs: all of them, or for a refusal only those with the refusing value."""
-    pairs = {((a, case[a]), (b, case[b])) for a, b in itertools.combinations(DIMENSIONS, 2)}
+    """The pairs a case really runs: all of them, or for a refusal only those it shows."""
     refused = refusal(case)
-    if refused is None:
-        return pairs
-    if refused[0] == "source":  # tfdata_service on a bucket: that pair alone
-        return {(("loader", "tfdata_service"), ("source", "s3"))}
-    return {pair for pair in pairs if (refused[0], refused[1]) in pair}
+    return all_pairs(case) if refused is None else refused[0]
 
 
 def cost(case: dict[str, str]) -> int:
     """A rough price of a case, to break ties between equally covering ones: the keras.applications
     backbones and the endings that log or load a model take longest."""
-    return 2 * (case["model"] != "small_cnn") + (case["ending"] != "train")
+    return 2 * (case["model"] != "small_cnn") + (case["ending"] != "train") - 2 * (refusal(case) is not None)
 
 
 def pairwise(dimensions: dict[str, list[str]], seed: int = 0, tries: int = 60) -> list[dict[str, str]]:
@@ -194,6 +204,7 @@ def test_seam(index: int, sources, data_service: str, seams_store: str, tmp_path
         f"paths.outputs={tmp_path}",
         *sources[case["source"]],
         f"data.on_bad_image={case['on_bad_image']}",
+        f"data.resize={case['resize']}",
         f"loader={case['loader']}",
         *([f"loader.dispatcher={data_service}"] if case["loader"] == "tfdata_service" else []),
         "batch.val=16",
@@ -203,6 +214,7 @@ def test_seam(index: int, sources, data_service: str, seams_store: str, tmp_path
         [
             *shared,
             f"model={case['model']}",
+            f"augment={case['augment']}",
             f"strategy={case['strategy']}",
             "model.input_size=32",
             "trainer.epochs=1",
@@ -219,7 +231,7 @@ def test_seam(index: int, sources, data_service: str, seams_store: str, tmp_path
     refused = refusal(case)
     client = MlflowClient(seams_store)
     if refused is not None:
-        with pytest.raises(Exception, match=refused[2]):
+        with pytest.raises(Exception, match=refused[1]):
             train(cfg)
         run = client.search_runs([client.get_experiment_by_name(name).experiment_id])[0]
         assert run.info.status == "FAILED"

@@ -100,8 +100,8 @@ def resize_window(size: tuple[int, int], target: tuple[int, int], resize: str) -
     if resize != "crop":
         return 0, 0, height, width
     target_h, target_w = target
-    crop_h = min(height, width * target_h // target_w)
-    crop_w = min(width, height * target_w // target_h)
+    crop_h = max(1, min(height, width * target_h // target_w))
+    crop_w = max(1, min(width, height * target_w // target_h))
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
@@ -150,11 +150,12 @@ def scaled_window(box: tuple[int, int, int, int], n: int, decoded: tuple[int, in
 
 
 def padded_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
-    """data.resize=pad: (padded height, padded width, top, left) that give the image the target's aspect."""
+    """data.resize=pad: (padded height, padded width, top, left) that give the image the target's aspect,
+    the same band on both sides (as Keras: an odd difference leaves one row or column short)."""
     (height, width), (target_h, target_w) = size, target
-    pad_h = max(height, width * target_h // target_w)
-    pad_w = max(width, height * target_w // target_h)
-    return pad_h, pad_w, (pad_h - height) // 2, (pad_w - width) // 2
+    top = (max(height, width * target_h // target_w) - height) // 2
+    left = (max(width, height * target_w // target_h) - width) // 2
+    return height + 2 * top, width + 2 * left, top, left
 
 
 def flips(u: np.ndarray | None) -> bool:

@@ -69,8 +69,8 @@ def _window(
         return [y, x, crop_h, crop_w]
     y, x, crop_h, crop_w = tf.constant(0), tf.constant(0), height, width
     if spec.resize == "crop":
-        crop_h = tf.minimum(height, width * spec.height // spec.width)
-        crop_w = tf.minimum(width, height * spec.width // spec.height)
+        crop_h = tf.maximum(1, tf.minimum(height, width * spec.height // spec.width))
+        crop_w = tf.maximum(1, tf.minimum(width, height * spec.width // spec.height))
         y, x = (height - crop_h) // 2, (width - crop_w) // 2
     if spec.eval_crop is not None:
         new_h = tf.maximum(1, _floor_half(tf.cast(crop_h, tf.float64) * spec.eval_crop))
@@ -131,11 +131,9 @@ def tf_decode_resize_data(
     )
     if spec.resize == "pad" and not (u is not None and augment.crops):
         size = tf.shape(image)[:2]
-        pad_h = tf.maximum(size[0], size[1] * spec.height // spec.width)
-        pad_w = tf.maximum(size[1], size[0] * spec.width // spec.height)
-        image = tf.image.pad_to_bounding_box(
-            image, (pad_h - size[0]) // 2, (pad_w - size[1]) // 2, pad_h, pad_w
-        )
+        top = (tf.maximum(size[0], size[1] * spec.height // spec.width) - size[0]) // 2
+        left = (tf.maximum(size[1], size[0] * spec.width // spec.height) - size[1]) // 2
+        image = tf.image.pad_to_bounding_box(image, top, left, size[0] + 2 * top, size[1] + 2 * left)
     # Float in: TF's bilinear kernel is markedly slower on uint8 input, for the same values out.
     image = tf.image.resize(tf.cast(image, tf.float32), (spec.height, spec.width), antialias=False)
     # A bilinear mix of values in [0, 255] stays in range: round and cast, no clip needed.
