@@ -3,6 +3,7 @@
 python src/benchmark.py                                   # 2,000 synthetic JPEGs, 256 -> 224 px
 python src/benchmark.py --root /data/photos               # your own class folders, only read
 python src/benchmark.py --entries tfdata "tfdata loader.autotune=false" sequence --rounds 5
+python src/benchmark.py --augment rrc --entries tfdata packed "tfdata augment=none" "tfdata augment=layers"
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
         "'tfdata loader.autotune=false'; names alone may also be comma-separated. "
         f"Default: {', '.join(default_entries())}",
     )
+    parser.add_argument(
+        "--augment",
+        default=defaults.augment,
+        choices=["none", "flip", "rrc", "layers"],
+        help="the training augment of the limit and of every entry that sets none ('tfdata augment=layers'): "
+        "flip and rrc are drawn at the decode, layers are Keras layers on each batch",
+    )
     parser.add_argument("--tracking-uri", default=defaults.tracking_uri, help="default: %(default)s")
     parser.add_argument("--out", default=None, help="results JSON; default outputs/benchmarks/<id>.json")
     args = parser.parse_args(argv)
@@ -65,6 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
         batch_size=args.batch_size,
         passes=args.passes,
         rounds=args.rounds,
+        augment=args.augment,
         entries=entries,
         root=args.root,
         tracking_uri=args.tracking_uri,

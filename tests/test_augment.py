@@ -45,7 +45,7 @@ def test_draws_depend_on_seed_epoch_and_index_alone_and_tensorflow_draws_the_sam
     assert not np.isclose(draws, uniforms(7, 3, indices)).any()  # another epoch, other draws
     assert not np.isclose(draws, uniforms(8, 2, indices)).any()  # another seed
     many = uniforms(0, 0, np.arange(20_000))
-    assert 0 <= many.min() and many.max() < 1 and np.allclose(many.mean(axis=0), 0.5, atol=0.01)
+    assert many.min() >= 0 and many.max() < 1 and np.allclose(many.mean(axis=0), 0.5, atol=0.01)
 
 
 @pytest.mark.parametrize("mode", ["crop", "pad"])
@@ -77,7 +77,7 @@ def test_windows_never_leave_the_image_and_eval_crop_takes_the_centre() -> None:
     spec = ImageSpec(32, 32)
     for (height, width), u in zip(itertools.cycle(SIZES), uniforms(1, 0, np.arange(600)), strict=False):
         y, x, h, w = window((height, width), spec, augment, u)
-        assert 0 <= y and 0 <= x and 1 <= h and 1 <= w and y + h <= height and x + w <= width
+        assert y >= 0 and x >= 0 and h >= 1 and w >= 1 and y + h <= height and x + w <= width
     assert window((100, 200), ImageSpec(32, 32, resize="crop")) == (0, 50, 100, 100)
     assert window((100, 200), ImageSpec(32, 32, resize="crop", eval_crop=0.5)) == (25, 75, 50, 50)
 
@@ -93,7 +93,9 @@ def epochs_of(feed, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     else:
         stream = iter(feed.x)
         for _ in range(count):
-            found.append([tuple(np.asarray(part) for part in b) for b in itertools.islice(stream, feed.steps)])
+            found.append(
+                [tuple(np.asarray(part) for part in b) for b in itertools.islice(stream, feed.steps)]
+            )
     return [tuple(np.concatenate(parts) for parts in zip(*batches, strict=True)) for batches in found]
 
 
@@ -103,11 +105,15 @@ def test_every_loader_crops_the_same_boxes_each_epoch(photos, tmp_path: Path, na
     labels = [i % 2 for i in range(len(photos))]
     split = make_split(photos, labels)
     spec, augment = ImageSpec(32, 32), Augment("rrc", seed=3)
-    loader = make_named_loader(name.partition("-")[0], tmp_path, **({"decode": "tf"} if "-tf" in name else {}))
+    loader = make_named_loader(
+        name.partition("-")[0], tmp_path, **({"decode": "tf"} if "-tf" in name else {})
+    )
     feed = loader.feed(split, ImageDecoder(spec, augment=augment), 5, training=True, seed=1)
     for epoch, (images, got_labels) in enumerate(epochs_of(feed, 2)):
         draws = augment.draws(epoch, np.arange(len(photos)))
-        expected = np.stack([decode_resize(p, spec, augment=augment, u=u) for p, u in zip(photos, draws, strict=True)])
+        expected = np.stack(
+            [decode_resize(p, spec, augment=augment, u=u) for p, u in zip(photos, draws, strict=True)]
+        )
         # Each yielded image against every expected one: the nearest must be its own, and all differ.
         distance = np.abs(images[:, None].astype(int) - expected[None].astype(int)).mean(axis=(2, 3, 4))
         nearest = distance.argmin(axis=1)
@@ -133,7 +139,7 @@ def test_every_loader_fits_the_aspect_alike(photos, tmp_path: Path, resize: str,
             kwargs = {"deterministic": True}
         loader = make_named_loader(name.partition("-")[0], tmp_path, **kwargs)
         feed = loader.feed(split, ImageDecoder(spec, augment=Augment("rrc")), 4, training=False)
-        (images, _), = epochs_of(feed, 1) if feed.steps else [_one_pass(feed)]
+        ((images, _),) = epochs_of(feed, 1) if feed.steps else [_one_pass(feed)]
         diff = np.abs(images.astype(int) - reference.astype(int))
         if name == "packed":  # stored at 36 px on the shorter side, re-encoded, resized at read time
             assert diff.mean() <= 6, (name, diff.mean())
@@ -157,7 +163,9 @@ def test_a_crop_of_a_bad_file_follows_the_policy(photos, tmp_path: Path) -> None
     augment = Augment("rrc")
     paths = [photos[3], str(truncated), str(tmp_path / "missing.jpg")]
     with pytest.raises(BadImageError, match="truncated.jpg"):
-        ImageDecoder(ImageSpec(32, 32), "error", augment=augment).batch(paths[:2], np.zeros(2), indices=[0, 1])
+        ImageDecoder(ImageSpec(32, 32), "error", augment=augment).batch(
+            paths[:2], np.zeros(2), indices=[0, 1]
+        )
     skipping = ImageDecoder(ImageSpec(32, 32), "skip", augment=augment)
     images, labels = skipping.batch(paths, np.arange(3), indices=np.arange(3), epoch=4)
     assert images.shape == (1, 32, 32, 3) and labels.tolist() == [0]

@@ -82,7 +82,8 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
     before = tree(tiny_root)
     # packed writes its pack under tmp_path, not the project's outputs/packed/.
     packed = f"packed loader.root={tmp_path / 'packed'}"
-    entries = [packed if e == "packed" else e for e in default_entries()] + [AUTOTUNE_ON]
+    crops, layers = "tfdata augment=rrc", "tfdata augment=layers"
+    entries = [packed if e == "packed" else e for e in default_entries()] + [AUTOTUNE_ON, crops, layers]
     report = run_benchmark(config(tmp_path, tracking_uri, tiny_root, entries=entries))
     benchmark_id, results, table = report.benchmark_id, report.results, report.table
     assert tree(tiny_root) == before  # the dataset was only read
@@ -128,6 +129,7 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
     assert runs["tfdata"].data.params["loader.autotune"] == "False"
     assert runs[AUTOTUNE_ON].data.params["loader.autotune"] == "True"
     assert runs["tfdata"].data.params["batch_path"] == KERAS_PATH  # how batches were pulled, on record
+    assert [runs[e].data.params["augment"] for e in ("tfdata", crops, layers)] == ["none", "rrc", "layers"]
 
 
 def fake_result(entry: str, rate: float) -> EntryResult:

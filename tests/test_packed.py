@@ -55,7 +55,12 @@ def test_a_pack_is_reused_until_a_source_split_or_size_changes(tmp_path: Path, t
     assert from_yaml.pack(manifest.train, decoder, training=True).reused
     assert loader.pack(manifest.val, decoder, training=False).folder != first.folder  # another split
     bigger = loader.pack(manifest.train, ImageDecoder(ImageSpec(24, 24)), training=True)
-    assert bigger.folder != first.folder  # another stored size
+    assert bigger.folder != first.folder and not bigger.reused  # a larger side than any pack there
+    assert bigger.meta["stored_sizes"] == [[24, 24]]
+    # A pack at a side at least the one wanted serves it (the smallest such), resized at read time.
+    smaller = loader.pack(manifest.train, ImageDecoder(ImageSpec(20, 20)), training=True)
+    assert smaller.reused and smaller.folder == bigger.folder
+    assert loader.pack(manifest.train, ImageDecoder(ImageSpec(12, 12)), training=True).folder == first.folder
     assert snapshot(tiny_root) == source  # nothing written to the user's folder
 
     copy = make_folder_dataset(tmp_path / "copy", {"a": 4, "b": 4})
@@ -135,6 +140,35 @@ def test_the_training_feed_is_one_stream_of_whole_epochs(tmp_path: Path) -> None
     with loader.feed(split, ImageDecoder(ImageSpec(8, 8)), 8, training=True, seed=0) as feed:
         labels = np.concatenate([y for _, y in evaluate_batches(feed)])  # one pass, as evaluation reads
     assert sorted(labels) == sorted(split.labels)
+
+
+def test_a_pack_keeps_the_aspect_at_its_side_and_rrc_crops_its_real_pixels(tmp_path: Path) -> None:
+    from loaderlab.loaders.augment import Augment
+
+    paths = []
+    for i, size in enumerate([(90, 120), (120, 90), (30, 40)]):  # 30x40: smaller than the side, kept
+        path = tmp_path / "photos" / f"c{i % 2}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), photo_like(*size, seed=i))
+        paths.append(str(path))
+    split = make_split(paths, [0, 1, 0])
+    decoder = ImageDecoder(ImageSpec(32, 32), augment=Augment("rrc"))
+    loader = PackedLoader(root=str(tmp_path / "packed"), progress=False)
+    pack = loader.pack(split, decoder, training=True)
+    assert loader.side(decoder, training=True) == 40  # the input's side x RRC_SIDE
+    stored = sorted(
+        cv2.imdecode(np.frombuffer(r, np.uint8), cv2.IMREAD_COLOR).shape[:2] for r in stored_images(pack)
+    )
+    assert stored == [(30, 40), (40, 53), (53, 40)]
+    assert sorted(pack.meta["stored_sizes"]) == [[30, 40], [40, 53], [53, 40]]
+    # Crops drawn per epoch, read from the pack: two epochs differ.
+    feed = loader.feed(split, decoder, 3, training=True, seed=0)
+    stream = iter(feed.x)
+    first, second = (next(stream)[0].numpy() for _ in range(2))
+    feed.close()
+    assert first.shape == (3, 32, 32, 3) and not np.array_equal(
+        np.sort(first, axis=0), np.sort(second, axis=0)
+    )
 
 
 def test_packed_pixels_are_the_specs_up_to_one_re_encode(tmp_path: Path) -> None:

@@ -49,7 +49,10 @@ BAD_FILE = "zz-bad.jpg"  # one file that is not an image at all, in every source
 BUCKET = "seams"
 
 
-AUGMENT_REFUSALS = {"inmemory": "loader=inmemory decodes every image once", "tfdata_service": "tfdata_service"}
+AUGMENT_REFUSALS = {
+    "inmemory": "loader=inmemory decodes every image once",
+    "tfdata_service": "tfdata_service",
+}
 
 
 def refusal(case: dict[str, str]) -> tuple[set, str] | None:

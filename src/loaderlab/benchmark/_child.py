@@ -17,13 +17,20 @@ RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the JSON line among any library out
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m loaderlab.benchmark._child --entry X ...`: measure, print, exit."""
     parser = argparse.ArgumentParser(description="Measure one benchmark entry (started by src/benchmark.py).")
-    for flag in ("--entry", "--root", "--conf-dir"):
+    for flag in ("--entry", "--root", "--conf-dir", "--augment"):
         parser.add_argument(flag, required=True)
     for flag in ("--input-size", "--batch-size", "--passes", "--cores"):
         parser.add_argument(flag, type=int, required=True)
     args = parser.parse_args(argv)
     result = measure_entry(
-        args.entry, args.root, args.input_size, args.batch_size, args.passes, args.cores, Path(args.conf_dir)
+        args.entry,
+        args.root,
+        args.input_size,
+        args.batch_size,
+        args.passes,
+        args.cores,
+        Path(args.conf_dir),
+        args.augment,
     )
     print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
     # Skip interpreter teardown: TF's from_generator threads can abort it after the result is out.

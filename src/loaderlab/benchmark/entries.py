@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from loaderlab.loaders.augment import AUGMENTS
 from loaderlab.utils.paths import PROJECT_ROOT
 
 DECODE_LIMIT = "decode_limit"
@@ -49,9 +50,17 @@ def check_entries(entries: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     for entry in entries:
         name, overrides = split_entry(entry)
         if overrides and name in (DECODE_LIMIT, KERAS_FROM_DIRECTORY):
-            raise ValueError(f"Only loader entries take overrides. Received: entry={entry!r}")
-        if any(not o.startswith("loader.") for o in overrides):
-            raise ValueError(f"Entry overrides set loader.<knob>=<value>. Received: entry={entry!r}")
+            raise ValueError(
+                f"Only loader entries take overrides; the limit follows --augment. Received: entry={entry!r}"
+            )
+        if any(not o.startswith(("loader.", "augment=")) for o in overrides):
+            raise ValueError(
+                "Entry overrides set loader.<knob>=<value> or augment=none|flip|rrc|layers. "
+                f"Received: entry={entry!r}"
+            )
+        for kind in (o.split("=", 1)[1] for o in overrides if o.startswith("augment=")):
+            if kind not in AUGMENTS:
+                raise ValueError(f"augment must be one of {list(AUGMENTS)}. Received: entry={entry!r}")
     rest = [e for e in dict.fromkeys(entries) if e != DECODE_LIMIT]
     return [DECODE_LIMIT, *rest]
 

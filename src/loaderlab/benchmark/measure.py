@@ -16,6 +16,13 @@ from loaderlab.benchmark.entries import (
     loader_config,
     split_entry,
 )
+from loaderlab.benchmark.limit import (
+    decode_limit_pass,
+    decode_threads_pass,
+    limit_sources,
+    reads,
+    stored_limit_pass,
+)
 from loaderlab.utils.system import MB
 
 SEED = 0  # the shuffle seed of training passes
@@ -51,21 +58,28 @@ def measure_entry(
     passes: int,
     cores: int,
     conf_dir: Path = CONF_DIR,
+    augment: str = "none",
 ) -> EntryResult:
-    """Measure one entry in this process: one warm-up pass, then `passes` timed ones."""
+    """Measure one entry in this process: one warm-up pass, then `passes` timed ones. `augment`: the
+    invocation's (--augment), unless the entry sets its own (`tfdata augment=rrc`)."""
     from loaderlab.data.folder import scan_class_folders
     from loaderlab.data.manifest import make_split
+    from loaderlab.loaders.augment import Augment
     from loaderlab.loaders.decode import ImageDecoder, ImageSpec
     from loaderlab.monitor import MemorySampler
 
     name, overrides = split_entry(entry)
+    augment = next((o.split("=", 1)[1] for o in overrides if o.startswith("augment=")), augment)
+    overrides = [o for o in overrides if not o.startswith("augment=")]
+    layers = _augment_layers(conf_dir) if augment == "layers" else None
     if name != DECODE_LIMIT:
         import tensorflow as tf  # noqa: F401  imported before the baseline, as in a training run
 
     paths, labels, _ = scan_class_folders(root)
     split = make_split(paths, labels)
     spec = ImageSpec(input_size, input_size, 3)
-    decoder = ImageDecoder(spec)  # also tunes the allocator as the loaders run it: every entry shares it
+    # The decoder also tunes the allocator as the loaders run it: every entry shares it.
+    decoder = ImageDecoder(spec, augment=Augment(augment if augment != "layers" else "none", seed=SEED))
     sampler = MemorySampler()
     baseline = sampler.sample()
     sampler.interval_s = _sampling_interval(sampler)
@@ -74,20 +88,21 @@ def measure_entry(
     loader = None
     try:
         if name == DECODE_LIMIT:
-            sources = _limit_sources(split, decoder)
-            run_pass, params = _decode_limit_pass(sources, spec), {"limit_reads": _reads(split)}
+            sources = limit_sources(split, decoder)
+            run_pass, params = decode_limit_pass(sources, decoder), {"limit_reads": reads(split)}
         elif name == KERAS_FROM_DIRECTORY:
             if "://" in root:
                 raise ValueError(f"{KERAS_FROM_DIRECTORY} reads local folders only, not {root}.")
-            run_pass, params = _fit_pass_runner({"x": _keras_from_directory(root, input_size, batch_size)})
+            x = _keras_from_directory(root, input_size, batch_size)
+            run_pass, params = _fit_pass_runner({"x": x}, layers)  # no decode-time augment of its own
         else:
             run_pass, params, costs, loader = _loader_pass(
-                name, overrides, conf_dir, split, decoder, batch_size
+                name, overrides, conf_dir, split, decoder, batch_size, layers
             )
             extra.update(costs)
         # A packed loader: the limit of the JPEGs it stores as well, measured before and after its
         # passes so that the machine's drift cancels.
-        stored_pass = _stored_limit_pass(loader, split, decoder) if hasattr(loader, "pack") else None
+        stored_pass = stored_limit_pass(loader, split, decoder) if hasattr(loader, "pack") else None
         stored_rates = _timed_passes(stored_pass, passes).rates if stored_pass else []
         rates, images, extra["cores_busy"] = _timed_passes(run_pass, passes, after_passes=sampler.sample)
         if stored_pass:
@@ -100,7 +115,7 @@ def measure_entry(
         extra["one_core_images_per_sec"] = mean_rate(rates)
         rates = [r * cores for r in rates]
         # What plain threads reach with every core decoding at once: how far this machine scales.
-        together = _timed_passes(_decode_threads_pass(sources, spec, cores), passes).rates
+        together = _timed_passes(decode_threads_pass(sources, decoder, cores), passes).rates
         extra["all_cores_ratio"] = mean_rate(together) / mean_rate(rates)
     return EntryResult(
         entry=entry,
@@ -110,7 +125,7 @@ def measure_entry(
         peak_rss_mb=peak / MB,
         baseline_rss_mb=baseline / MB,
         rss_method=sampler.method,
-        params={**params, "memory_interval_s": round(sampler.interval_s, 3)},
+        params={**params, "augment": augment, "memory_interval_s": round(sampler.interval_s, 3)},
         extra_metrics=extra,
     )
 
@@ -147,8 +162,24 @@ def _timed_passes(
     return Passes(rates, images, cores_busy)
 
 
-def _fit_pass_runner(fit_kwargs: dict[str, Any]) -> tuple[Callable[[], int], dict[str, str]]:
+def _augment_layers(conf_dir: Path) -> Any:
+    """augment=layers as conf/augment/layers.yaml composes it: Keras' random layers, on [0, 255] floats."""
+    import keras
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from loaderlab.models.layers import augmentation
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        knobs = OmegaConf.to_container(compose("config", overrides=["augment=layers"]).augment, resolve=True)
+    return keras.Sequential(augmentation(knobs, (0.0, 255.0)))
+
+
+def _fit_pass_runner(
+    fit_kwargs: dict[str, Any], layers: Any = None
+) -> tuple[Callable[[], int], dict[str, str]]:
     """One epoch of batches through model.fit's own data path, minus the model; and which path ran.
+    `layers`: augment=layers' random layers, applied to each batch as the model's first layers would.
 
     Keras' TF trainer wraps every input (tf.data, PyDataset, generator) in a TFEpochIterator and
     pulls each batch inside a tf.function; doing the same counts the wrapping costs fit pays. It is
@@ -159,6 +190,10 @@ def _fit_pass_runner(fit_kwargs: dict[str, Any]) -> tuple[Callable[[], int], dic
     try:
         from keras.src.backend.tensorflow.trainer import TFEpochIterator
     except ImportError:
+        if layers is not None:
+            raise RuntimeError(
+                "augment=layers needs Keras' TFEpochIterator, which this Keras lacks"
+            ) from None
         return _plain_pass_runner(fit_kwargs), {"batch_path": PLAIN_PATH}
 
     epochs = TFEpochIterator(
@@ -172,6 +207,8 @@ def _fit_pass_runner(fit_kwargs: dict[str, Any]) -> tuple[Callable[[], int], dic
     @tf.function
     def step(iterator: Any) -> tf.Tensor:
         images, labels = next(iterator)[:2]
+        if layers is not None:
+            images = layers(tf.cast(images, tf.float32), training=True)
         # Touch the pixels, as a model's first layer would, so nothing can be skipped.
         return tf.shape(labels)[0] + 0 * tf.cast(tf.reduce_max(images[:, 0, 0]), tf.int32)
 
@@ -223,72 +260,6 @@ def _sampling_interval(sampler: Any, floor_s: float = 0.05, max_share: float = 0
     return max(floor_s, sorted(costs)[1] / max_share)
 
 
-def _reads(split: Any) -> str:
-    from loaderlab.data.storage import is_url
-
-    return "fetched beforehand" if split.paths and is_url(split.paths[0]) else "file read in the pass"
-
-
-def _limit_sources(split: Any, decoder: Any) -> list:
-    """What the limit decodes: local paths, read as it decodes; or a store's objects, fetched beforehand
-    (the limit is the cores' decode rate, not the store's)."""
-    from loaderlab.data.storage import is_url
-    from loaderlab.loaders.decode import remote_bytes
-
-    if not split.paths or not is_url(split.paths[0]):
-        return list(split.paths)
-    fetched = []
-    for start in range(0, len(split), 256):
-        chunk = split.paths[start : start + 256]
-        fetched += map(remote_bytes, chunk, decoder.storage.read_many(chunk))
-    return fetched
-
-
-def _stored_limit_pass(loader: Any, split: Any, decoder: Any) -> Callable[[], int]:
-    """One thread decoding the JPEGs of the loader's pack of `split` (written by its feed already)."""
-    from loaderlab.data.pack_cache import stored_images
-    from loaderlab.data.pack_root import PackRoot
-
-    place = PackRoot(loader.root, decoder.storage)
-    stored = stored_images(loader.pack(split, decoder, training=True), place)
-    return _decode_limit_pass(stored, decoder.spec)
-
-
-def _decode_part(sources: Sequence, spec: Any) -> None:
-    from loaderlab.loaders.decode import decode_bytes, decode_resize
-
-    for source in sources:
-        if isinstance(source, str):
-            decode_resize(source, spec)
-        else:
-            decode_bytes(source, spec)
-
-
-def _decode_limit_pass(sources: list, spec: Any) -> Callable[[], int]:
-    """One pass of the shared decode over every source, in this one thread."""
-    import cv2
-
-    cv2.setNumThreads(1)  # one core means one thread: OpenCV's own pool would inflate the rate
-
-    def run_pass() -> int:
-        _decode_part(sources, spec)
-        return len(sources)
-
-    return run_pass
-
-
-def _decode_threads_pass(sources: list, spec: Any, cores: int) -> Callable[[], int]:
-    """The same pass, `cores` plain threads at once (OpenCV frees the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def run_pass() -> int:
-        with ThreadPoolExecutor(cores) as pool:
-            list(pool.map(_decode_part, [sources[k::cores] for k in range(cores)], [spec] * cores))
-        return len(sources)
-
-    return run_pass
-
-
 def _keras_from_directory(root: str, input_size: int, batch_size: int) -> Any:
     """The peer: keras.utils.image_dataset_from_directory at the same sizes."""
     import keras
@@ -305,7 +276,7 @@ def _keras_from_directory(root: str, input_size: int, batch_size: int) -> Any:
 
 
 def _loader_pass(
-    name: str, overrides: list[str], conf_dir: Path, split: Any, decoder: Any, batch_size: int
+    name: str, overrides: list[str], conf_dir: Path, split: Any, decoder: Any, batch_size: int, layers: Any
 ) -> tuple[Callable[[], int], dict[str, Any], dict[str, float], Any]:
     """One training pass of a loader built from its composed config, its knobs as params, what
     making its feed cost once (a pack's writing, kept apart from the timed passes), and the loader."""
@@ -317,7 +288,7 @@ def _loader_pass(
     loader = instantiate(cfg)
     if loader.streaming:
         feed = loader.feed(split, decoder, batch_size, training=True, seed=SEED)
-        run_pass, path = _fit_pass_runner(feed.fit_kwargs())
+        run_pass, path = _fit_pass_runner(feed.fit_kwargs(), layers)
         return run_pass, params | path, feed.metrics, loader
     held: list[Any] = []
 

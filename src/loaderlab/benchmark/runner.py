@@ -46,6 +46,7 @@ class BenchmarkConfig:
     batch_size: int = 64
     passes: int = 2
     rounds: int = 3  # every entry once per round, interleaved; figures are medians over the rounds
+    augment: str = "none"  # what every entry and the limit decode: none | flip | rrc | layers
     entries: list[str] | None = None  # None: default_entries()
     root: str | None = None  # an existing class-folder dataset, only read; None: the synthetic set
     tracking_uri: str = DEFAULT_TRACKING_URI
@@ -132,7 +133,7 @@ def run_child(entry: str, cfg: BenchmarkConfig, root: Path, cores: int) -> Entry
     cmd = [
         sys.executable, "-m", "loaderlab.benchmark._child", f"--entry={entry}", f"--root={root}",
         f"--conf-dir={cfg.conf_dir}", f"--input-size={cfg.input_size}", f"--batch-size={cfg.batch_size}",
-        f"--passes={cfg.passes}", f"--cores={cores}",
+        f"--passes={cfg.passes}", f"--cores={cores}", f"--augment={cfg.augment}",
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=cfg.child_timeout_s)
