@@ -122,7 +122,7 @@ def test_every_loader_crops_the_same_boxes_each_epoch(photos, tmp_path: Path, na
         own = distance[np.arange(len(photos)), nearest]
         if name in ("generator", "sequence", "tfdata"):  # the shared OpenCV decoder: the same pixels
             assert own.max() == 0
-        else:  # a JPEG's window alone (tf), or crops of a pack stored at 40 px and re-encoded
+        else:  # a JPEG's window alone (tf), or crops of a pack stored at 36 px and re-encoded
             assert own.mean() <= (1.5 if name == "tfdata-tf" else 8), own
     feed.close()
 

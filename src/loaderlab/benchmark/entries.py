@@ -53,10 +53,10 @@ def check_entries(entries: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
             raise ValueError(
                 f"Only loader entries take overrides; the limit follows --augment. Received: entry={entry!r}"
             )
-        if any(not o.startswith(("loader.", "augment=")) for o in overrides):
+        if any(not o.startswith(("loader.", "augment=", "augment.")) for o in overrides):
             raise ValueError(
-                "Entry overrides set loader.<knob>=<value> or augment=none|flip|rrc|layers. "
-                f"Received: entry={entry!r}"
+                "Entry overrides set loader.<knob>=<value>, augment=none|flip|rrc|layers or a layers knob "
+                f"(augment.zoom=0.2). Received: entry={entry!r}"
             )
         for kind in (o.split("=", 1)[1] for o in overrides if o.startswith("augment=")):
             if kind not in AUGMENTS:

@@ -70,7 +70,7 @@ class ImageSpec:
 
     @property
     def facts(self) -> dict:
-        """The fields as JSON keeps them (a run's model facts, a pack's meta)."""
+        """The fields as JSON keeps them: the run's model facts, with which eval.py and serving decode."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -31,7 +31,7 @@ _FEATURES = {
     "index": tf.io.FixedLenFeature([], tf.int64),
 }
 _HANDOFF_RECORDS = 64  # records a shard's reader passes on at once
-RRC_SIDE = 1.25  # loader.pack_side=null under augment=rrc: this times the input side (docs/packs.md)
+RRC_SIDE = 1.125  # loader.pack_side=null under augment=rrc: this times the input side (docs/augment.md)
 
 
 class PackedLoader(Loader):
