@@ -120,7 +120,8 @@ class TFDataLoader(Loader):
                 labels.set_shape((None,))
                 return images, labels
 
-        ds = ds.map(decode, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic)
+        # In order, as packed's endless stream: fit's `steps` batches are then exactly one epoch.
+        ds = ds.map(decode, num_parallel_calls=self.num_parallel_calls, deterministic=True)
         if self.decode == "tf" and decoder.on_bad_image == "skip":
             ds = ds.ignore_errors(log_warning=True)  # a whole batch, as TF ops cannot say which file
         return ds
