@@ -13,6 +13,9 @@ import loaderlab  # noqa: F401  registers the ${project_root:} resolver
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: returns the best val_loss, which sweepers minimise."""
+    from loaderlab.utils.tf_startup import start_tensorflow
+
+    start_tensorflow()  # without TensorFlow's C++ banner (LOADERLAB_TF_STARTUP_LOG=1 shows it)
     from loaderlab.training.run import train
 
     return train(cfg)

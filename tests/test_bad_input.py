@@ -19,6 +19,7 @@ from loaderlab.data.table import csv_manifest
 from loaderlab.loaders import BadImageError, ImageDecoder, ImageSpec, decode_resize
 from loaderlab.training import callbacks as callbacks_module
 from loaderlab.training.run import train
+from loaderlab.utils.errors import ConfigError
 from loaderlab.validate import drop_bad_images, find_bad_images, inspect_file
 from test_loaders import LOADER_NAMES, collect, make_loader
 from test_train import latest_run
@@ -236,3 +237,11 @@ def test_kept_verdicts_reread_only_changed_files_and_still_catch_a_change(
     assert sorted(root.rglob("*")) == listing and len(list(cache.iterdir())) == 1  # kept in outputs/ only
     [kept] = cache.iterdir()  # a data format: loading a shared outputs/ never runs code, as a pickle can
     assert json.loads(kept.read_text())[paths[3]][2] == "truncated JPEG (no end-of-image marker)"
+
+
+def test_a_loader_knob_that_cannot_work_is_its_own_message_not_hydras(make_cfg) -> None:
+    """A loader constructor's ValueError reaches the user as that ConfigError, unwrapped from Hydra's
+    InstantiationException ("Error in call to target ...")."""
+    cfg = make_cfg("loader=packed", "loader.quality=0", experiment="tests-bad-knob")
+    with pytest.raises(ConfigError, match=r"^loader.quality must be between 1 and 100. Received: quality=0$"):
+        train(cfg)

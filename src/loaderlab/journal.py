@@ -92,12 +92,19 @@ def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]
             records.append(json.loads(line))
         except ValueError:
             if any(rest for rest in lines[number:]):  # not the last line: the file is damaged
-                raise JournalError(f"{path}: line {number} is not a record: {line[:80]!r}") from None
+                raise JournalError(
+                    f"{path}: line {number} is not a record, so the file was changed or damaged after it "
+                    "was written. Delete that line (the metrics on it are lost) and deliver again. "
+                    f"Received: {line[:80]!r}"
+                ) from None
             log.warning("%s: its last line was cut off mid-write (a crash); dropping it: %.80s", path, line)
     try:
         header = json.loads(lines[0])
     except ValueError:
-        raise JournalError(f"{path}: its first line is not a journal header.") from None
+        raise JournalError(
+            f"{path}: its first line is not a journal header, so this is not a run's journal (or it was "
+            f"damaged): deliver the run folder that holds its own journal. Received: {lines[0][:80]!r}"
+        ) from None
     offset = read_json(path.with_suffix(".delivered"), 0)
     return header, records, min(int(offset), len(records))
 

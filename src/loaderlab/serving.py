@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd  # predict's type hint, which MLflow resolves; MLflow itself imports pandas
 
 SPEC_FILE = "loaderlab_model.json"  # the spec and class names, beside the Keras model
 PACKAGE_DIR = Path(__file__).resolve().parent  # shipped in the model (code_paths): no install needed
@@ -51,10 +52,11 @@ class ImageFileClassifier(mlflow.pyfunc.PythonModel):
         self.decoder = ImageDecoder(ImageSpec(**facts["spec"]))
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001  MLflow reads hints as a schema
+    # A DataFrame hint: MLflow then infers no schema from hints (the logged signature gives it) and
+    # does not warn that predict has none.
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001
         """class_name, class_index and one prob_<class> column per class, a row per path."""
         import numpy as np
-        import pandas as pd
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -86,7 +88,6 @@ def write_facts(spec: Any, class_names: tuple[str, ...], target: Path) -> Path:
 
 def save_image_model(keras_file: Path, facts: Path, example_paths: list[str], target: Path) -> Path:
     """Write the MLflow Model (pyfunc, signature, input example, loaderlab's code) to `target`."""
-    import pandas as pd
     from mlflow.models import infer_signature
 
     from loaderlab.tracking import release_artifact_threads

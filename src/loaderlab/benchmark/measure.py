@@ -155,7 +155,12 @@ def _timed_passes(
         counted = run_pass()
         elapsed = time.perf_counter() - start
         if counted != images:
-            raise RuntimeError(f"a pass yielded {counted} images, the warm-up {images}")
+            raise RuntimeError(
+                f"A timed pass yielded another count of images than the warm-up, so no rate compares: a "
+                "file changed or broke during the run, or the loader left out a bad one. Check the "
+                f"folder with python src/train.py data=folder data.root=<root> debug=fast. Received: "
+                f"{counted} images, the warm-up {images}"
+            )
         rates.append(counted / elapsed)
     cores_busy = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
     if after_passes:

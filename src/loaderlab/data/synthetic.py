@@ -121,12 +121,22 @@ def generate(
     marker = root / COMPLETE_MARKER
     if marker.exists():
         if json.loads(marker.read_text()) != params:
-            raise DatasetError(f"'{root}' holds a synthetic dataset made with other parameters; delete it.")
+            raise DatasetError(
+                f"'{root}' holds a synthetic dataset made with other parameters: delete the folder to "
+                f"generate it again. Received: {params}"
+            )
         return root
     if not 2 <= num_classes <= len(SHAPES):
-        raise DatasetError(f"data.num_classes must be between 2 and {len(SHAPES)}, got {num_classes}.")
-    if image_size < 8 or num_images < 2 * num_classes:
-        raise DatasetError("data.image_size must be >= 8 and data.num_images >= 2 * data.num_classes.")
+        raise DatasetError(
+            f"data.num_classes must be between 2 and {len(SHAPES)}. Received: num_classes={num_classes}"
+        )
+    if image_size < 8:
+        raise DatasetError(f"data.image_size must be at least 8 px. Received: image_size={image_size}")
+    if num_images < 2 * num_classes:
+        raise DatasetError(
+            f"data.num_images must be at least twice data.num_classes ({2 * num_classes}), so that each "
+            f"class has an image in both splits. Received: num_images={num_images}"
+        )
     for name in SHAPES[:num_classes]:
         (root / name).mkdir(parents=True, exist_ok=True)
     tasks = [(str(root), i, num_classes, image_size, seed) for i in range(num_images)]

@@ -19,7 +19,7 @@ from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.serving import SPEC_FILE
 from loaderlab.training.context import RUN_ID_FILE
 from loaderlab.training.evaluate import evaluate, log_evaluation, log_skipped
-from loaderlab.utils.errors import ConfigError
+from loaderlab.utils.errors import ConfigError, build
 from loaderlab.validate import drop_bad_images
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _evaluate(cfg: DictConfig) -> float:
             register_all()  # the models' custom layers: Keras does not import them itself
             model = keras.models.load_model(best)
             decoder = ImageDecoder(spec, cfg.data.on_bad_image, storage_of(cfg.data))
-            loader = instantiate(cfg.loader)
+            loader = build(cfg.loader)  # a bad knob: its own message, as a ConfigError
             result = evaluate(model, loader, split, decoder, cfg.batch.val, manifest.class_names)
             log_evaluation(run_log, result, folder, "eval")
             log_skipped(run_log, cfg.data.on_bad_image, bad | dict(decoder.skipped), "skipped_images")

@@ -26,6 +26,7 @@ from loaderlab.training.distribute import Worker, worker_of
 from loaderlab.training.evaluate import finish_model
 from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrupt
 from loaderlab.training.monitors import Monitors
+from loaderlab.utils.errors import build
 from loaderlab.utils.system import MB
 from loaderlab.validate import augment_of, check_config, drop_bad_images
 
@@ -82,7 +83,7 @@ def train(cfg: DictConfig) -> float:
                 if resumed_run_id is None:
                     check_fresh_folder(state_dir)
                 run_id_file.write_text(run_log.run_id)  # only a run that got past the checks is resumable
-                loader = instantiate(cfg.loader)
+                loader = build(cfg.loader)  # a bad knob: its own message, as a ConfigError
                 name = job_run_name(f"{loader.name}-{cfg.model.name}", overrides, sweep)
                 run_log.tags({"loader": loader.name, "mlflow.runName": name})
                 return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log, sweep)

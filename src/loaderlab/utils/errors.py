@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message says what to change."""
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, where a constructor's ValueError (its own message, naming the key and
+    the value received) is raised as that ConfigError, not wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise ConfigError(str(e.__cause__)) from e.__cause__
+        raise
 
 
 def error_chain(error: BaseException | None) -> list[BaseException]:
