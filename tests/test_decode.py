@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from helpers import photo_like
-from loaderlab.loaders.decode import ImageSpec, decode_resize, jpeg_scale, jpeg_size
+from loaderlab.loaders.decode import ImageSpec, decode_resize, jpeg_scale
+from loaderlab.loaders.headers import jpeg_size
 
 REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 REDUCED_GREY = {

@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 from loaderlab.data.manifest import Manifest
 from loaderlab.data.storage import is_url
 from loaderlab.loaders.augment import Augment
-from loaderlab.loaders.decode import ON_BAD_IMAGE, TAIL_BYTES, BadImageError, ImageSpec, image_verdict
+from loaderlab.loaders.decode import ON_BAD_IMAGE, BadImageError, ImageSpec
+from loaderlab.loaders.headers import TAIL_BYTES, image_verdict
 from loaderlab.utils.errors import ConfigError
 
 

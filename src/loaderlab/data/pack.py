@@ -24,15 +24,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from loaderlab.data.manifest import Split
 from loaderlab.data.pack_encode import _encoded, _example, _sources
-from loaderlab.data.pack_root import PackRoot, cache_folder, hold_to_write
+from loaderlab.data.pack_root import PackRoot, cache_folder, file_sha256, hold_to_write
 from loaderlab.data.storage import Storage, is_url
-from loaderlab.loaders.decode import BadImageError, jpeg_size
+from loaderlab.loaders.decode import BadImageError
+from loaderlab.loaders.headers import jpeg_size
 from loaderlab.utils.system import usable_cores
 
 log = logging.getLogger(__name__)
@@ -348,12 +348,3 @@ def _note_size(committed: dict, size: tuple[int, int] | None) -> None:
     sizes = committed["sizes"]
     if sizes != "mixed" and list(size) not in sizes:
         committed["sizes"] = sizes + [list(size)] if len(sizes) < 4 else "mixed"
-
-
-def file_sha256(path: Path | str, fs: Any = None) -> str:
-    """A file's SHA-256, read in 4 MB blocks; through an fsspec filesystem (a store's object) if given."""
-    digest = hashlib.sha256()
-    with fs.open(path, "rb", block_size=4 * 2**20) if fs is not None else open(path, "rb") as f:
-        while chunk := f.read(4 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loaderlab.data import pack_root
-from loaderlab.data.pack import Pack, PackError, file_sha256
-from loaderlab.data.pack_root import PackRoot, cache_folder
+from loaderlab.data.pack import Pack, PackError
+from loaderlab.data.pack_root import PackRoot, cache_folder, file_sha256
 from loaderlab.data.storage import StoreError, explain, is_url
 
 GB = 2**30

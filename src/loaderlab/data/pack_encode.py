@@ -10,14 +10,8 @@ from typing import TYPE_CHECKING
 import cv2
 
 from loaderlab.data.storage import Storage, is_url
-from loaderlab.loaders.decode import (
-    BadImageError,
-    ImageSpec,
-    decode_bytes,
-    image_size,
-    read_file,
-    remote_bytes,
-)
+from loaderlab.loaders.decode import BadImageError, ImageSpec, decode_bytes, read_file, remote_bytes
+from loaderlab.loaders.headers import image_size
 
 if TYPE_CHECKING:
     from loaderlab.data.pack import PackSpec

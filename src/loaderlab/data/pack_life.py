@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from loaderlab.data.pack import META, PACK_FORMAT, file_sha256
+from loaderlab.data.pack import META, PACK_FORMAT
 from loaderlab.data.pack_cache import drop_cached
-from loaderlab.data.pack_root import PackRoot, live
+from loaderlab.data.pack_root import PackRoot, file_sha256, live
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{24}$")
 _LEFTOVER = re.compile(r"^\.[0-9a-f]{24}\.tmp-[0-9a-f]+$")  # a temporary folder of the first pack format

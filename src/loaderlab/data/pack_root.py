@@ -251,3 +251,12 @@ def hold_to_write(root: PackRoot, fingerprint: str, done: Any, poll_s: float = 1
 def cache_folder(root_url: str, fingerprint: str) -> Path:
     """This machine's copy of a store's pack (by root too: two stores' copies are two packs)."""
     return PACK_CACHE / hashlib.sha256(root_url.rstrip("/").encode()).hexdigest()[:12] / fingerprint
+
+
+def file_sha256(path: Path | str, fs: Any = None) -> str:
+    """A file's SHA-256, read in 4 MB blocks; through an fsspec filesystem (a store's object) if given."""
+    digest = hashlib.sha256()
+    with fs.open(path, "rb", block_size=4 * 2**20) if fs is not None else open(path, "rb") as f:
+        while chunk := f.read(4 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()

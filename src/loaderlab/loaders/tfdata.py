@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from loaderlab.data.manifest import Split
 from loaderlab.loaders.base import Feed, Loader, num_batches
-from loaderlab.loaders.decode import ImageDecoder
+from loaderlab.loaders.decode import ImageDecoder, ImageSpec
 from loaderlab.utils.system import usable_cores
 
 DECODERS = ("opencv", "tf")
@@ -70,12 +71,7 @@ class TFDataLoader(Loader):
             return ds.batch(batch_size)
 
         def decode_batch(paths: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            images, labels = tf.numpy_function(
-                decoder.batch, [paths, labels], [tf.uint8, tf.int32], stateful=False
-            )
-            images.set_shape((None, *spec.shape))
-            labels.set_shape((None,))
-            return images, labels
+            return _in_python(decoder.batch, [paths, labels], spec)
 
         return ds.batch(batch_size).map(
             decode_batch, num_parallel_calls=self.num_parallel_calls, deterministic=self.deterministic
@@ -108,17 +104,12 @@ class TFDataLoader(Loader):
 
         else:
 
+            def drawn(paths: np.ndarray, labels: np.ndarray, indices: np.ndarray, epoch: np.int64) -> tuple:
+                return decoder.batch(paths, labels, indices=indices, epoch=epoch)
+
             def decode(b: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
                 paths, labels, indices = batch
-                images, labels = tf.numpy_function(
-                    lambda p, y, i, e: decoder.batch(p, y, None, i, e),
-                    [paths, labels, indices, b // steps],
-                    [tf.uint8, tf.int32],
-                    stateful=False,
-                )
-                images.set_shape((None, *spec.shape))
-                labels.set_shape((None,))
-                return images, labels
+                return _in_python(drawn, [paths, labels, indices, b // steps], spec)
 
         # In order, as packed's endless stream: fit's `steps` batches are then exactly one epoch.
         ds = ds.map(decode, num_parallel_calls=self.num_parallel_calls, deterministic=True)
@@ -178,3 +169,12 @@ class TFDataLoader(Loader):
         x = self.dataset(split, decoder, batch_size, training, seed)
         drawn = training and decoder.augment.at_decode
         return Feed(x=x, steps=num_batches(len(split), batch_size) if drawn else None)
+
+
+def _in_python(batch_of: Callable, inputs: list[tf.Tensor], spec: ImageSpec) -> tuple[tf.Tensor, tf.Tensor]:
+    """(images, labels) of the shared decoder's `batch_of(*inputs)`, run in a numpy_function (OpenCV
+    frees the GIL), with the static shapes the model needs."""
+    images, labels = tf.numpy_function(batch_of, inputs, [tf.uint8, tf.int32], stateful=False)
+    images.set_shape((None, *spec.shape))
+    labels.set_shape((None,))
+    return images, labels
