@@ -71,11 +71,10 @@ class Augment:
 
     @classmethod
     def from_config(cls, augment: Mapping | None, default_seed: int) -> Augment:
-        """From the `augment` group (none, flip, rrc, layers); `seed`: trainer.seed, where it sets none."""
+        """From the `augment` group (none, flip, rrc, layers); `default_seed` (trainer.seed) where the
+        group sets no seed."""
         augment = augment or {}
         kind = augment.get("kind", "none")
-        if kind not in AUGMENTS:  # before other fields are read: the choices, as the group's options
-            raise ValueError(f"augment must be one of {list(AUGMENTS)}. Received: augment={kind!r}")
         ranges = {k: tuple(float(v) for v in augment[k]) for k in ("scale", "ratio") if k in augment}
         seed = augment.get("seed")
         return cls(kind, seed=int(seed if seed is not None else default_seed), **ranges)
@@ -133,7 +132,7 @@ def window(
 ) -> tuple[int, int, int, int]:
     """The window of an image of `size` that becomes the input: rrc's crop where drawn, else the resize
     mode's window, shrunk to spec.eval_crop where set."""
-    if u is not None and augment is not None and augment.crops:
+    if cuts_drawn_crop(augment, u):
         return random_window(size, u, augment)
     box = resize_window(size, (spec.height, spec.width), spec.resize)
     return box if spec.eval_crop is None else centre_crop(box, spec.eval_crop)
@@ -156,6 +155,11 @@ def padded_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, in
     top = (max(height, width * target_h // target_w) - height) // 2
     left = (max(width, height * target_w // target_h) - width) // 2
     return height + 2 * top, width + 2 * left, top, left
+
+
+def cuts_drawn_crop(augment: Augment | None, u: np.ndarray | None) -> bool:
+    """Whether this decode cuts rrc's drawn crop (its window replaces the resize mode's, pad included)."""
+    return u is not None and augment is not None and augment.crops
 
 
 def flips(u: np.ndarray | None) -> bool:

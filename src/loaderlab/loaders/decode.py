@@ -13,7 +13,15 @@ import cv2
 import numpy as np
 
 from loaderlab.data.storage import Storage, StoreError, explain, is_url
-from loaderlab.loaders.augment import RESIZES, Augment, flips, padded_size, scaled_window, window
+from loaderlab.loaders.augment import (
+    RESIZES,
+    Augment,
+    cuts_drawn_crop,
+    flips,
+    padded_size,
+    scaled_window,
+    window,
+)
 from loaderlab.loaders.headers import TAIL_BYTES, image_verdict, jpeg_size
 
 # EXIF orientation is ignored, as tf.io.decode_jpeg and keras' image_dataset_from_directory do.
@@ -189,7 +197,7 @@ def decode_bytes(
     y, x, height, width = scaled_window(box, n, image.shape[:2])
     if (height, width) != image.shape[:2]:
         image = image[y : y + height, x : x + width]  # a view: the resize below reads only the window
-    if spec.resize == "pad" and not (u is not None and augment.crops):
+    if spec.resize == "pad" and not cuts_drawn_crop(augment, u):
         pad_h, pad_w, top, left = padded_size(image.shape[:2], (spec.height, spec.width))
         image = cv2.copyMakeBorder(
             image, top, pad_h - height - top, left, pad_w - width - left, cv2.BORDER_CONSTANT, value=0

@@ -227,9 +227,10 @@ class PackedLoader(Loader):
         steps = num_batches(records, batch_size)
         if endless:  # epoch after epoch, each whole; the decode below runs on across their edges
             ds = ds.repeat()
-        # Batch b is in epoch b // steps (every pass has `steps` batches); -1: no epoch, nothing drawn.
+        # Where an augment is drawn, batch b is in epoch b // steps (every pass has `steps` batches).
         drawn = endless and training and decoder.augment.at_decode
-        ds = ds.enumerate() if drawn else ds.map(lambda records: (tf.constant(-1, tf.int64), records))
+        if drawn:
+            ds = ds.enumerate()
         # In order when endless, so that fit's steps_per_epoch batches are exactly one epoch.
         ds = ds.map(
             self._parser(pack, decoder if drawn else None, spec, steps),
@@ -246,13 +247,13 @@ class PackedLoader(Loader):
 
     def _parser(
         self, pack: Pack, drawn: ImageDecoder | None, spec: ImageSpec, steps: int
-    ) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-        """(batch number, serialized records) to (images, labels) at the spec's size, in the graph, a
-        batch per call, with no Python lock. `drawn`: the training decoder whose augment is drawn."""
+    ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+        """Serialized records, after their batch number where `drawn` (the training decoder whose augment
+        is drawn), to (images, labels) at the spec's size: in the graph, a batch per call, no Python lock."""
         at_input = pack.meta.get("stored_sizes") == [[spec.height, spec.width]]
         if at_input and drawn is None and spec.eval_crop is None:
             # Every image stored at the input size: a plain decode; ISLOW is OpenCV's IDCT, the same pixels.
-            def decode(example: dict, epoch: tf.Tensor) -> tf.Tensor:
+            def decode(example: dict, epoch: tf.Tensor | None) -> tf.Tensor:
                 return tf.map_fn(
                     lambda data: tf.io.decode_jpeg(data, spec.channels, dct_method="INTEGER_ACCURATE"),
                     example["image"],
@@ -262,7 +263,7 @@ class PackedLoader(Loader):
         else:  # each image's window (resize mode, eval_crop, or a drawn crop), decoded and resized
             augment = drawn.augment if drawn is not None else None
 
-            def decode(example: dict, epoch: tf.Tensor) -> tf.Tensor:
+            def decode(example: dict, epoch: tf.Tensor | None) -> tf.Tensor:
                 if augment is None:
                     return tf.map_fn(
                         lambda data: tf_decode_resize_data(data, spec),
@@ -276,9 +277,11 @@ class PackedLoader(Loader):
                     fn_output_signature=tf.TensorSpec(spec.shape, tf.uint8),
                 )
 
-        def parse(b: tf.Tensor, records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def parse(*batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            *number, records = batch  # (b, records) where drawn, else (records,)
             example = tf.io.parse_example(records, _FEATURES)
-            return decode(example, b // steps), tf.cast(example["label"], tf.int32)
+            epoch = number[0] // steps if number else None
+            return decode(example, epoch), tf.cast(example["label"], tf.int32)
 
         return parse
 

@@ -14,7 +14,7 @@ import math
 
 import tensorflow as tf
 
-from loaderlab.loaders.augment import DRAWS, MASK32, MULTIPLIERS, Augment
+from loaderlab.loaders.augment import DRAWS, MASK32, MULTIPLIERS, Augment, cuts_drawn_crop
 from loaderlab.loaders.decode import JPEG_SCALES, ImageSpec
 
 _RATIOS = (*JPEG_SCALES, 1)  # switch_case branch i decodes at 1/_RATIOS[i]
@@ -57,7 +57,7 @@ def _window(
 ) -> list[tf.Tensor]:
     """augment.window in TensorFlow ops: [y, x, height, width] int32 of an image of `size`."""
     height, width = size[0], size[1]
-    if u is not None and augment is not None and augment.crops:
+    if cuts_drawn_crop(augment, u):
         low, high = augment.scale
         area = tf.cast(height * width, tf.float64) * (low + u[0] * (high - low))
         log_low, log_high = math.log(augment.ratio[0]), math.log(augment.ratio[1])
@@ -129,7 +129,7 @@ def tf_decode_resize_data(
         lambda: _decode_jpeg(data, spec, augment, u),
         lambda: _decode_other(data, spec, augment, u),
     )
-    if spec.resize == "pad" and not (u is not None and augment.crops):
+    if spec.resize == "pad" and not cuts_drawn_crop(augment, u):
         size = tf.shape(image)[:2]
         top = (tf.maximum(size[0], size[1] * spec.height // spec.width) - size[0]) // 2
         left = (tf.maximum(size[1], size[0] * spec.width // spec.height) - size[1]) // 2
