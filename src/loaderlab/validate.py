@@ -201,26 +201,34 @@ def inspect_file(path: str) -> str | None:
 
 
 def find_bad_images(
-    paths: tuple[str, ...], workers: int = 16, cache_dir: Path | None = None
+    paths: tuple[str, ...], workers: int = 16, cache_dir: Path | None = None, progress: bool = True
 ) -> dict[str, str]:
     """Inspect every local file in parallel; return {path: reason} for the bad ones.
 
     URLs are left to the read (a store would answer one request per object here). With `cache_dir`,
     verdicts are kept there keyed by path, size and mtime, and only new or changed files are read.
+    `progress`: a bar over the files read (utils/progress.py says where it shows).
     """
+    from loaderlab.utils.progress import counted
+
     local = [p for p in paths if not is_url(p)]
     if not local:
         return {}
     with ThreadPoolExecutor(workers) as pool:
         if cache_dir is None:
-            reasons = list(pool.map(inspect_file, local))
+            checked = pool.map(inspect_file, local)
+            reasons = list(counted(checked, len(local), "file", f"Checking {len(local)} files", progress))
         else:
-            reasons = _cached_verdicts(local, pool, Path(cache_dir))
+            reasons = _cached_verdicts(local, pool, Path(cache_dir), progress)
     return {p: r for p, r in zip(local, reasons, strict=True) if r is not None}
 
 
-def _cached_verdicts(paths: list[str], pool: ThreadPoolExecutor, cache_dir: Path) -> list[str | None]:
+def _cached_verdicts(
+    paths: list[str], pool: ThreadPoolExecutor, cache_dir: Path, progress: bool = True
+) -> list[str | None]:
     """inspect_file's verdicts, read from the cache for files whose size and mtime are unchanged."""
+    from loaderlab.utils.progress import counted
+
     folder = os.path.commonpath([min(paths), max(paths)])  # that of all paths, at 1/50th of the cost
     # JSON, a data format: loading a cache from a shared outputs/ must never run code (a pickle can).
     cache = cache_dir / f"{hashlib.sha256(folder.encode()).hexdigest()[:16]}.json"
@@ -238,7 +246,9 @@ def _cached_verdicts(paths: list[str], pool: ThreadPoolExecutor, cache_dir: Path
             reasons[i] = hit[2]
         else:
             todo.append(i)
-    for i, reason in zip(todo, pool.map(inspect_file, [paths[i] for i in todo]), strict=True):
+    checked = pool.map(inspect_file, [paths[i] for i in todo])
+    title = f"Checking {len(todo)} new or changed files of {len(paths)}"
+    for i, reason in zip(todo, counted(checked, len(todo), "file", title, progress), strict=True):
         reasons[i] = reason
     if todo or len(known) != len(paths):  # keep exactly this dataset's files, written atomically
         fresh = {p: (*s, r) for p, s, r in zip(paths, stats, reasons, strict=True) if s is not None}
@@ -262,11 +272,12 @@ def _stat_all(paths: list[str]) -> list[tuple[int, int] | None]:
 
 
 def drop_bad_images(
-    manifest: Manifest, on_bad_image: str, cache_dir: Path | None = None
+    manifest: Manifest, on_bad_image: str, cache_dir: Path | None = None, progress: bool = True
 ) -> tuple[Manifest, dict[str, str]]:
     """Apply data.on_bad_image to what the pass finds: raise on the first, or leave them out."""
     test_paths = manifest.test.paths if manifest.test is not None else ()
-    bad = find_bad_images(manifest.train.paths + manifest.val.paths + test_paths, cache_dir=cache_dir)
+    every = manifest.train.paths + manifest.val.paths + test_paths
+    bad = find_bad_images(every, cache_dir=cache_dir, progress=progress)
     if not bad:
         return manifest, bad
     if on_bad_image == "error":
