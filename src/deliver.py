@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("folders", nargs="*", type=Path, default=[OUTPUTS], help="default: outputs/")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar (LOADERLAB_PROGRESS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     journals = sorted({j for folder in args.folders for j in Path(folder).rglob(JOURNAL_GLOB)})
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     unsettled = 0
     for journal in journals:
         try:
-            left, rejected, stopped = deliver_journal(journal)
+            left, rejected, stopped = deliver_journal(journal, progress=not args.quiet)
         except BlockingIOError:
             print(f"{journal}: skipped, a job that is still running holds it and delivers it itself.")
             continue

@@ -10,14 +10,16 @@ from mlflow.tracking import MlflowClient
 from loaderlab.journal import JournalLock, read_journal, short, write_atomic
 from loaderlab.run_log import outage, send
 from loaderlab.tracking import settle_parent
+from loaderlab.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
-def deliver_journal(path: Path) -> tuple[int, int, str | None]:
+def deliver_journal(path: Path, progress: bool = True) -> tuple[int, int, str | None]:
     """Deliver what a journal still holds, now: (records left, records kept aside as rejected, what
     stopped delivery as `outage` words it, or None).
 
+    `progress`: a bar over the records sent (utils/progress.py says where it shows).
     Raises BlockingIOError when a live job holds the journal."""
     lock = JournalLock(Path(path))
     if not lock.acquire(wait=False):
@@ -28,16 +30,19 @@ def deliver_journal(path: Path) -> tuple[int, int, str | None]:
         header, records, delivered = read_journal(Path(path))
         offset_file = Path(path).with_suffix(".delivered")
         client, rejected, stopped = MlflowClient(header["uri"]), 0, None
-        for record in records[delivered:]:
-            done, error = send(client, header["uri"], header["run_id"], Path(path), record)
-            if not done:
-                stopped = outage(header["uri"], error)
-                break
-            rejected += error is not None
-            delivered += 1
-            write_atomic(offset_file, str(delivered))
-            if "status" in record and header.get("parent_run_id"):
-                _settle_parent(header["uri"], header["parent_run_id"])
+        title = f"Delivering {len(records) - delivered} records of {path}"
+        with Progress(len(records) - delivered, "record", title, progress) as bar:
+            for record in records[delivered:]:
+                done, error = send(client, header["uri"], header["run_id"], Path(path), record)
+                if not done:
+                    stopped = outage(header["uri"], error)
+                    break
+                rejected += error is not None
+                delivered += 1
+                write_atomic(offset_file, str(delivered))
+                if "status" in record and header.get("parent_run_id"):
+                    _settle_parent(header["uri"], header["parent_run_id"])
+                bar.update(bar.done + 1)
         left = len(records) - delivered
         if not left:
             Path(path).unlink()

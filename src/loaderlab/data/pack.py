@@ -33,6 +33,7 @@ from loaderlab.data.pack_root import PackRoot, cache_folder, file_sha256, hold_t
 from loaderlab.data.storage import Storage, is_url
 from loaderlab.loaders.decode import BadImageError
 from loaderlab.loaders.headers import jpeg_size
+from loaderlab.utils.progress import Progress
 from loaderlab.utils.system import usable_cores
 
 log = logging.getLogger(__name__)
@@ -289,12 +290,8 @@ def _write_shards(
     begin = committed["end"]
     items = [(split.paths[i], int(split.labels[i]), int(i)) for i in order[begin:]]
     tasks = _sources(items, spec, place.storage)
-    bar = None
-    if progress:
-        from keras.utils import Progbar
-
-        print(f"Packing {len(order)} images, shorter side {spec.side} px, into {place.url}")
-        bar = Progbar(len(order), unit_name="image")
+    title = f"Packing {len(order)} images, shorter side {spec.side} px, into {place.url}"
+    bar = Progress(len(order), "image", title, progress, done=begin)
     state = {"writer": None, "file": None, "records": 0, "bytes": 0.0, "skipped": []}
 
     def commit(end: int) -> None:
@@ -332,9 +329,9 @@ def _write_shards(
             full = state["bytes"] >= spec.shard_mb * 2**20
             if state["writer"] is not None and (full or done == len(order)):
                 commit(done)
-            if bar is not None and (done % 256 == 0 or done == len(order)):
-                bar.update(done)
+            bar.update(done)
     finally:
+        bar.close()
         if state["writer"] is not None:
             state["writer"].close()
     if committed["end"] < len(order):  # the last images were all skipped: nothing left to commit

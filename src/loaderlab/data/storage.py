@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loaderlab.utils.errors import error_chain
+from loaderlab.utils.progress import Progress
 from loaderlab.utils.system import usable_cores
 
 # storage_options values shown in params, tags, run names and logs: only these keys', whatever
@@ -156,13 +157,16 @@ class Storage:
                 "for gs:// gcsfs, for az:// adlfs."
             ) from None
 
-    def list_files(self, url: str) -> list[str]:
+    def list_files(self, url: str, progress: bool = True) -> list[str]:
         """Every object under the URL, as URLs, from the store's paginated listing."""
         fs = self.filesystem(url)
-        try:
-            found = fs.find(url.rstrip("/"), withdirs=False, detail=False)
-        except Exception as e:  # noqa: BLE001  every store raises its own kind
-            raise StoreError(explain(url, e)) from None
+        # fsspec's find answers once, after the last page: the time shows until the count and rate do.
+        with Progress(None, "object", f"Listing {url}", progress, heartbeat=1.0) as bar:
+            try:
+                found = fs.find(url.rstrip("/"), withdirs=False, detail=False)
+            except Exception as e:  # noqa: BLE001  every store raises its own kind
+                raise StoreError(explain(url, e)) from None
+            bar.update(len(found))
         return sorted(fs.unstrip_protocol(p) for p in found)
 
     def object_facts(self, urls: Sequence[str]) -> dict[str, str]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from loaderlab.data.folder import folder_manifest
 from loaderlab.data.manifest import DatasetError, Manifest
+from loaderlab.utils.progress import counted
 from loaderlab.utils.system import usable_cores
 
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "star", "bar", "crescent")
@@ -141,17 +142,12 @@ def generate(
         (root / name).mkdir(parents=True, exist_ok=True)
     tasks = [(str(root), i, num_classes, image_size, seed) for i in range(num_images)]
     workers = workers or usable_cores()
-    bar = None
-    if progress:
-        from keras.utils import Progbar  # keras's own bar, as during fit
-
-        print(f"Generating {num_images} synthetic images ({image_size}px) in {root}")
-        bar = Progbar(num_images, unit_name="image")
+    title = f"Generating {num_images} synthetic images ({image_size}px) in {root}"
     # spawn, not fork: the parent may already run TensorFlow threads.
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        for done, _ in enumerate(pool.imap_unordered(_write_one, tasks, chunksize=64), start=1):
-            if bar is not None and (done % 256 == 0 or done == num_images):
-                bar.update(done)
+        written = pool.imap_unordered(_write_one, tasks, chunksize=64)
+        for _ in counted(written, num_images, "image", title, progress):
+            pass
     marker.write_text(json.dumps(params))
     return root
 
