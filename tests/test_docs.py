@@ -1,6 +1,7 @@
 """Documented commands stay true: every `python src/train.py` and `python src/eval.py` line in the
-README and docs/ composes, every other `python src/*.py` or `python -m loaderlab...` line parses its
-arguments, and every relative link and #anchor resolves.
+README and every page under docs/ (subfolders too) composes, every other `python src/*.py`,
+`python docs/**/*.py` or `python -m loaderlab...` line parses its arguments, and every relative link
+and #anchor resolves.
 
 A command that cannot be checked here is marked on its line with SKIP_MARK and a reason; the test
 lists what it skipped."""
@@ -21,9 +22,9 @@ from omegaconf import OmegaConf, open_dict
 from conftest import CONF_DIR
 from loaderlab import PROJECT_ROOT
 
-DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+DOC_FILES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").rglob("*.md"))]
 SKIP_MARK = "# not checked here:"
-COMMAND = re.compile(r"\bpython (src/\w+\.py|-m loaderlab[\w.]*)((?:\s|$).*)")
+COMMAND = re.compile(r"\bpython ((?:src|docs)/[\w/]+\.py|-m loaderlab[\w.]*)((?:\s|$).*)")
 SHELL_OPERATORS = {"&", "&&", ";", "|", "||"}
 SUMMARY: dict[str, list[str]] = {}  # each check's lines, printed at the end of the run (conftest)
 
@@ -134,7 +135,7 @@ def test_every_other_documented_command_parses_its_arguments(monkeypatch: pytest
             skipped.append(f"{where}: {line}")
             continue
         checked += 1
-        if script.startswith("src/"):
+        if script.startswith(("src/", "docs/")):
             main = runpy.run_path(str(PROJECT_ROOT / script), run_name="documented")["main"]
         else:
             main = importlib.import_module(script.removeprefix("-m ")).main
