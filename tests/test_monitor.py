@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import time
@@ -194,3 +195,54 @@ def test_the_stall_watchdog_counts_from_the_start_of_training_not_from_its_creat
         assert not fired.wait(2.0)  # ten timeouts and a hundred polls before training starts: no stall
         watchdog.on_train_begin()
         assert fired.wait(120)  # training started and no step finished: a stall
+
+
+def _system_metrics(client, run_id: str) -> list[str]:
+    return sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("system/"))
+
+
+def test_system_metrics_are_logged_for_the_run_when_on_and_none_when_off(tmp_path) -> None:
+    """tracking.system_metrics: MLflow's system/* metrics in the run, from a monitor the job starts and
+    stops (no global state); two jobs side by side, one on, one off."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from loaderlab.run_log import RunLog
+    from loaderlab.training.monitors import Monitors
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("system", artifact_location=(tmp_path / "a").as_uri())
+    jobs = {}
+    for on in (True, False):
+        run_id = client.create_run(experiment_id).info.run_id
+        cfg = OmegaConf.create(
+            {
+                "trainer": {"seed": 0},
+                "tracking": {
+                    "memory_interval_s": 0.1,
+                    "system_metrics": on,
+                    "system_metrics_interval_s": 0.2,
+                },
+            }
+        )
+        run_log = RunLog(uri, run_id, tmp_path / str(on))
+        jobs[on] = (run_id, run_log, Monitors.create(cfg, run_log, images_per_epoch=10))
+    assert jobs[True][2].system is not None and jobs[False][2].system is None
+    try:
+        for _, _, monitors in jobs.values():
+            monitors.start()
+        deadline = time.monotonic() + 120
+        while not _system_metrics(client, jobs[True][0]) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first sample is logged after one interval
+    finally:  # as train() stops its monitors: in every ending
+        summaries = {on: monitors.stop() for on, (_, _, monitors) in jobs.items()}
+        for _, run_log, _ in jobs.values():
+            run_log.close("FINISHED", 30)
+    assert "system/cpu_utilization_percentage" in _system_metrics(client, jobs[True][0])
+    assert _system_metrics(client, jobs[False][0]) == []
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # stopped
+    assert all("peak_rss_mb" in summary for summary in summaries.values())  # the project's own, as before
+    assert "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING" not in os.environ  # MLflow's global switch untouched

@@ -1,4 +1,7 @@
-"""The isolated launcher's work: pickle a job, run it in a new session, collect its JobReturn."""
+"""The isolated launcher's work: pickle a job, run it in a new session, collect its JobReturn.
+
+The pickles hold no credential: `_secrets` masks them, and the job's process gets them in its
+environment."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
 
+from hydra_plugins.loaderlab_launcher._secrets import Masker, secrets_in
 from loaderlab.data.storage import redact_overrides
 from loaderlab.utils.environment import ISOLATED_ENV
 
@@ -50,12 +54,13 @@ def launch(launcher: IsolatedLauncher, job_overrides: Sequence[Sequence[str]], i
             "hydra_context": context,
             "singletons": Singleton.get_state(),
         }
-        job_file.write_bytes(cloudpickle.dumps(payload))
+        masker = Masker(secrets_in([config, sweep_config]))  # the sweep's overrides name other jobs' too
+        job_file.write_bytes(masker.dumps(payload))
         command = [launcher.python or sys.executable, "-m", __name__, str(job_file), str(result_file)]
-        code = run_in_own_session(command, result_file, launcher.exit_grace_s, f"job #{idx}")
+        code = run_in_own_session(command, result_file, launcher.exit_grace_s, f"job #{idx}", masker.env())
         job_file.unlink(missing_ok=True)
         if result_file.exists():
-            ret = cloudpickle.loads(result_file.read_bytes())
+            ret = masker.loads(result_file.read_bytes())
             result_file.unlink()
         else:
             ret = JobReturn(
@@ -70,15 +75,19 @@ def launch(launcher: IsolatedLauncher, job_overrides: Sequence[Sequence[str]], i
     return returns
 
 
-def run_in_own_session(command: list[str], result_file: Path, grace_s: float, name: str) -> int:
+def run_in_own_session(
+    command: list[str], result_file: Path, grace_s: float, name: str, env: dict[str, str] | None = None
+) -> int:
     """Run command in a new session and return its exit code; nothing of its process group outlives it.
 
     The job has `grace_s` to exit once its result is written (or once it is interrupted); then
     its whole group is killed and the sweep log says so. Ctrl-C or SIGTERM to the sweep is passed
-    on to the job's group, since a job in its own session no longer shares the terminal's.
+    on to the job's group, since a job in its own session no longer shares the terminal's. `env` is
+    added to the job's environment (the secrets its pickle left out).
     """
-    env = {**os.environ, ISOLATED_ENV: "1"}
-    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        command, env={**os.environ, **(env or {}), ISOLATED_ENV: "1"}, start_new_session=True
+    )
     deadline: float | None = None
     received: list[int] = []
 
@@ -126,8 +135,9 @@ def _picklable(ret: JobReturn) -> JobReturn:
 
 
 def run_job_file(job_file: str, result_file: str) -> int:
-    """In the job's process: run one pickled job and write back its JobReturn."""
-    payload = cloudpickle.loads(Path(job_file).read_bytes())
+    """In the job's process: run one pickled job and write back its JobReturn, both without secrets."""
+    masker = Masker.from_env()  # out of the environment before anything else starts
+    payload = masker.loads(Path(job_file).read_bytes())
     setup_globals()
     Singleton.set_state(payload["singletons"])
     HydraConfig.instance().set_config(payload["config"])
@@ -142,7 +152,7 @@ def run_job_file(job_file: str, result_file: str) -> int:
     except KeyboardInterrupt:
         return INTERRUPTED_EXIT_CODE
     tmp = Path(f"{result_file}.tmp")
-    tmp.write_bytes(cloudpickle.dumps(_picklable(ret)))
+    tmp.write_bytes(masker.dumps(_picklable(ret)))
     os.replace(tmp, result_file)  # the launcher never reads half a result
     return 0 if ret.status == JobStatus.COMPLETED else 1
 

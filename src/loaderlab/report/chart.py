@@ -1,4 +1,4 @@
-"""The sweep's chart: memory, throughput and val_loss by job, or against the dataset size."""
+"""The chart of a sweep or of runs: memory, throughput and val_loss by job, or against the dataset size."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from loaderlab.report.store import Sweep, column
+from loaderlab.report.store import Selection, column
 from loaderlab.report.table import BATCH_PARAMS, is_number, varied_params
 from loaderlab.utils.paths import PROJECT_ROOT
 from loaderlab.utils.system import MB
@@ -27,8 +27,8 @@ def loader_colours(loaders: list[str], conf_dir: Path = PROJECT_ROOT / "conf") -
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
-def draw_chart(client: MlflowClient, sweep: Sweep):
-    """The sweep's matplotlib figure: bars per job, or lines against data.num_images for a scaling sweep."""
+def draw_chart(client: MlflowClient, sweep: Selection):
+    """The matplotlib figure: bars per job, or lines against data.num_images for a scaling sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,13 +242,16 @@ def _array_mb(jobs: pd.DataFrame, sizes: list[float]) -> tuple[list[float], list
     return sizes, [n * height * width * int(channels) / MB for n in sizes]
 
 
-def _title(sweep: Sweep, varied: list[str]) -> str:
-    """'Sweep <id>' and what all its jobs share, e.g. 'small_cnn, 400 images, input 32 px, CPU'."""
+def _title(sweep: Selection, varied: list[str]) -> str:
+    """'Sweep <id>' (or which runs) and what all its jobs share, e.g. 'small_cnn, 400 images, CPU'."""
     jobs = sweep.jobs
 
     def shared(name: str) -> str | None:
-        values = set(column(jobs, name).astype(str))
-        return values.pop() if len(values) == 1 and "None" not in values and "nan" not in values else None
+        values = column(jobs, name)
+        if values.isna().any():  # astype(str) keeps a missing value missing in newer pandas
+            return None
+        distinct = set(values.astype(str))
+        return distinct.pop() if len(distinct) == 1 and not distinct & {"None", "nan"} else None
 
     parts = []
     if model := shared("tags.model"):
@@ -263,7 +266,7 @@ def _title(sweep: Sweep, varied: list[str]) -> str:
         parts.append(f"{epochs} epoch{'s' if epochs != '1' else ''}")
     if device := shared("tags.device"):
         parts.append(device)
-    return f"Sweep {sweep.sweep_id}" + (f": {', '.join(parts)}" if parts else "")
+    return sweep.title + (f": {', '.join(parts)}" if parts else "")
 
 
 def _labeller(jobs: pd.DataFrame, varied: list[str], leave_out: str | None) -> Labels:
@@ -277,7 +280,11 @@ def _labeller(jobs: pd.DataFrame, varied: list[str], leave_out: str | None) -> L
         parts += [f"{k.rsplit('.', 1)[-1]}={job.get(f'params.{k}')}" for k in params]
         return "\n".join(parts)
 
-    return label
+    labels = [label(job) for _, job in jobs.iterrows()]
+    if leave_out is not None or len(set(labels)) == len(labels):
+        return label  # a scaling chart draws one line per label, over the sizes
+    # Bars of runs alike in all of that (the same run twice, say): their run ids tell them apart.
+    return lambda job: f"{label(job)}\n{str(job.get('run_id'))[:8]}"
 
 
 def _numbers(values: pd.Series) -> list[float]:

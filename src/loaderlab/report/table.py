@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from loaderlab.report.store import Sweep, column
+from loaderlab.report.store import Selection, column
 from loaderlab.sweep import parse_overrides
 
 NA = "n/a"
@@ -90,11 +90,13 @@ def swept_keys(jobs: pd.DataFrame) -> list[str]:
     return [k for k in keys if len({job.get(k) for job in per_job}) > 1]
 
 
-def build_table(sweep: Sweep) -> Table:
+def build_table(sweep: Selection) -> Table:
     """The comparison table: identity, varied params, batch sizes, status and the summary metrics."""
     jobs = sweep.jobs
     frame = pd.DataFrame(
         {
+            # Runs that no sweep groups: the run id tells them apart in the MLflow UI.
+            **({"run": jobs["run_id"].str[:8]} if sweep.parent is None else {}),
             "loader": column(jobs, "tags.loader").fillna("?"),
             "model": column(jobs, "tags.model").fillna("?"),
             **{k: column(jobs, f"params.{k}").fillna(NA) for k in varied_params(jobs)},
@@ -121,7 +123,7 @@ def build_table(sweep: Sweep) -> Table:
     return Table(frame.reset_index(drop=True))
 
 
-def error_lines(sweep: Sweep) -> list[str]:
+def error_lines(sweep: Selection) -> list[str]:
     """One line per job that did not finish, with its recorded error."""
     lines = []
     for _, job in sweep.jobs[sweep.jobs["status"] != "FINISHED"].iterrows():

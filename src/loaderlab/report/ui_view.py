@@ -14,7 +14,7 @@ import urllib.parse
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from loaderlab.report.store import Sweep, column
+from loaderlab.report.store import Runs, Selection, Sweep, column
 from loaderlab.report.table import BATCH_PARAMS, METRIC_COLUMNS, varied_params
 from loaderlab.tracking import ui_base
 
@@ -105,8 +105,11 @@ def save_view(client: MlflowClient, sweep: Sweep, colours: dict[str, str]) -> st
     return key
 
 
-def sweep_filter(sweep: Sweep) -> str:
-    """The runs-page search that shows the sweep's runs."""
+def sweep_filter(sweep: Selection) -> str:
+    """The runs-page search that shows the sweep's runs, or these runs ('' for too many to name)."""
+    if isinstance(sweep, Runs):
+        ids = sweep.jobs["run_id"].tolist()
+        return "attributes.run_id IN ({})".format(", ".join(f"'{i}'" for i in ids)) if len(ids) <= 50 else ""
     return f"tags.sweep_id = '{sweep.sweep_id}'"
 
 
@@ -118,10 +121,12 @@ def ui_url(tracking_uri: str, experiment_id: str, key: str, charts: bool = False
     return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{query}"
 
 
-def filtered_url(tracking_uri: str, sweep: Sweep) -> str:
-    """The runs page filtered to the sweep: what any MLflow version understands."""
-    query = urllib.parse.urlencode({"searchFilter": sweep_filter(sweep)}, quote_via=urllib.parse.quote)
-    return f"{ui_base(tracking_uri)}/#/experiments/{sweep.experiment_id}/runs?{query}"
+def filtered_url(tracking_uri: str, sweep: Selection) -> str:
+    """The runs page filtered to the sweep or the runs: what any MLflow version understands."""
+    page = f"{ui_base(tracking_uri)}/#/experiments/{sweep.experiment_id}/runs"
+    if not (search := sweep_filter(sweep)):
+        return page
+    return f"{page}?{urllib.parse.urlencode({'searchFilter': search}, quote_via=urllib.parse.quote)}"
 
 
 def safe_name(text: str) -> str:
