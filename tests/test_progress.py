@@ -157,15 +157,14 @@ def test_progress_false_shows_nothing_even_when_forced(
 
 APP = """
 import hydra
-from hydra.utils import instantiate
 
 import loaderlab  # the ${project_root:} resolver
-from loaderlab.validate import drop_bad_images
+from loaderlab.training.run import _read_manifest
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg):
-    drop_bad_images(instantiate(cfg.data.manifest), cfg.data.on_bad_image)
+    _read_manifest(cfg)  # a training job's bad-file pass, as train() calls it
 
 
 main()
@@ -176,7 +175,7 @@ main()
 def test_a_hydra_job_with_trainer_verbose_0_shows_nothing(
     verbose: str, dataset: Path, tmp_path: Path
 ) -> None:
-    """A real Hydra job on the project's config, whose callers do not pass trainer.verbose along."""
+    """A real Hydra job on the project's config: the training job's bad-file pass follows trainer.verbose."""
     app = tmp_path / "app.py"
     app.write_text(APP.replace("CONF_DIR", repr(CONF_DIR)))
     command = [

@@ -5,8 +5,9 @@ as `python -m loaderlab.benchmark._child`), runner.py runs an invocation and log
 The command line is src/benchmark.py.
 """
 
-from loaderlab.benchmark.entries import DECODE_LIMIT, KERAS_FROM_DIRECTORY, default_entries
+from loaderlab.benchmark.entries import DECODE_LIMIT, default_entries
 from loaderlab.benchmark.measure import EntryResult
+from loaderlab.benchmark.peers import KERAS_FROM_DIRECTORY
 from loaderlab.benchmark.runner import (
     EXPERIMENT,
     BenchmarkConfig,

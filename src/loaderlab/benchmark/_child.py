@@ -10,8 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from loaderlab.benchmark.measure import measure_entry
+from loaderlab.benchmark.peers import PeerUnavailableError
 
 RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the JSON line among any library output
+SKIP_PREFIX = "BENCHMARK_SKIPPED "  # a peer that cannot run here, and why
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -22,17 +24,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     for flag in ("--input-size", "--batch-size", "--passes", "--cores"):
         parser.add_argument(flag, type=int, required=True)
     args = parser.parse_args(argv)
-    result = measure_entry(
-        args.entry,
-        args.root,
-        args.input_size,
-        args.batch_size,
-        args.passes,
-        args.cores,
-        Path(args.conf_dir),
-        args.augment,
-    )
-    print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
+    try:
+        result = measure_entry(
+            args.entry,
+            args.root,
+            args.input_size,
+            args.batch_size,
+            args.passes,
+            args.cores,
+            Path(args.conf_dir),
+            args.augment,
+        )
+        print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
+    except PeerUnavailableError as e:
+        print(SKIP_PREFIX + str(e), flush=True)
     # Skip interpreter teardown: TF's from_generator threads can abort it after the result is out.
     os._exit(0)
 

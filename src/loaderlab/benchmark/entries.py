@@ -1,7 +1,9 @@
-"""What the benchmark can measure: the decode limit, the Keras peer, and every loader in conf/loader/.
+"""What the benchmark can measure: the decode limit, the peers (benchmark/peers.py), and every loader
+in conf/loader/.
 
 An entry is a name, optionally followed by Hydra overrides of that loader's config, e.g.
-`tfdata loader.autotune=false`: one invocation can then compare a loader's settings side by side.
+`tfdata loader.autotune=false`, or a peer's knobs, `grain peer.workers=0`: one invocation can then
+compare settings side by side.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from loaderlab.benchmark.peers import PEERS
 from loaderlab.loaders.augment import AUGMENTS
 from loaderlab.utils.paths import PROJECT_ROOT
 
 DECODE_LIMIT = "decode_limit"
-KERAS_FROM_DIRECTORY = "keras_image_dataset_from_directory"
 CONF_DIR = PROJECT_ROOT / "conf"
 
 
@@ -31,17 +33,18 @@ def loader_names(conf_dir: Path = CONF_DIR) -> list[str]:
 
 
 def default_entries(conf_dir: Path = CONF_DIR) -> list[str]:
-    """What runs without --entries: the limit, the peer, and every loader that needs no server."""
+    """What runs without --entries: the limit, the peers (those that cannot run here are skipped with
+    their reason), and every loader that needs no server."""
     return [
         DECODE_LIMIT,
-        KERAS_FROM_DIRECTORY,
+        *PEERS,
         *(n for n in loader_names(conf_dir) if _self_contained(n, conf_dir)),
     ]
 
 
 def check_entries(entries: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     """The entries to run: the decode limit first, then the rest as given; a ValueError names unknown ones."""
-    known = [DECODE_LIMIT, KERAS_FROM_DIRECTORY, *loader_names(conf_dir)]
+    known = [DECODE_LIMIT, *PEERS, *loader_names(conf_dir)]
     unknown = sorted({split_entry(e)[0] for e in entries} - set(known))
     if unknown:
         raise ValueError(
@@ -49,11 +52,16 @@ def check_entries(entries: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
         )
     for entry in entries:
         name, overrides = split_entry(entry)
-        if overrides and name in (DECODE_LIMIT, KERAS_FROM_DIRECTORY):
+        if overrides and name == DECODE_LIMIT:
+            raise ValueError(f"The limit takes no overrides; it follows --augment. Received: entry={entry!r}")
+        if name in PEERS and any(not o.startswith(("peer.", "augment=")) for o in overrides):
             raise ValueError(
-                f"Only loader entries take overrides; the limit follows --augment. Received: entry={entry!r}"
+                f"A peer entry takes peer.<knob>=<int> (grain: workers, threads) and augment=. "
+                f"Received: entry={entry!r}"
             )
-        if any(not o.startswith(("loader.", "augment=", "augment.")) for o in overrides):
+        if name not in PEERS and any(
+            not o.startswith(("loader.", "augment=", "augment.")) for o in overrides
+        ):
             raise ValueError(
                 "Entry overrides set loader.<knob>=<value>, augment=none|flip|rrc|layers or a layers knob "
                 f"(augment.zoom=0.2). Received: entry={entry!r}"

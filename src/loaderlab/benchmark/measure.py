@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -9,13 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from loaderlab.benchmark.entries import (
-    CONF_DIR,
-    DECODE_LIMIT,
-    KERAS_FROM_DIRECTORY,
-    loader_config,
-    split_entry,
-)
+from loaderlab.benchmark.entries import CONF_DIR, DECODE_LIMIT, loader_config, split_entry
 from loaderlab.benchmark.limit import (
     decode_limit_pass,
     decode_threads_pass,
@@ -62,6 +57,7 @@ def measure_entry(
 ) -> EntryResult:
     """Measure one entry in this process: one warm-up pass, then `passes` timed ones. `augment`: the
     invocation's (--augment), unless the entry sets its own (`tfdata augment=rrc`)."""
+    from loaderlab.benchmark.peers import PEERS, build_peer, spec_match
     from loaderlab.data.folder import scan_class_folders
     from loaderlab.data.manifest import make_split
     from loaderlab.loaders.augment import Augment
@@ -69,6 +65,12 @@ def measure_entry(
     from loaderlab.monitor import MemorySampler
 
     name, overrides = split_entry(entry)
+    options = {
+        o.split("=", 1)[0].removeprefix("peer."): int(o.split("=", 1)[1])
+        for o in overrides
+        if o.startswith("peer.")
+    }
+    overrides = [o for o in overrides if not o.startswith("peer.")]
     augment = next((o.split("=", 1)[1] for o in overrides if o.startswith("augment=")), augment)
     knobs = [o for o in overrides if o.startswith("augment.")]  # e.g. augment.zoom=0.2 for layers
     overrides = [o for o in overrides if not o.startswith("augment")]
@@ -85,17 +87,19 @@ def measure_entry(
     baseline = sampler.sample()
     sampler.interval_s = _sampling_interval(sampler)
     sampler.start()
-    extra: dict[str, float] = {}  # a loader's one-time costs; the limit's one-core rate
-    loader = None
+    extra: dict[str, float] = {}  # a loader's one-time costs; the limit's one-core rate; a peer's PSNR
+    loader = peer = None
     try:
         if name == DECODE_LIMIT:
             sources = limit_sources(split, decoder)
             run_pass, params = decode_limit_pass(sources, decoder), {"limit_reads": reads(split)}
-        elif name == KERAS_FROM_DIRECTORY:
-            if "://" in root:
-                raise ValueError(f"{KERAS_FROM_DIRECTORY} reads local folders only, not {root}.")
-            x = _keras_from_directory(root, input_size, batch_size)
-            run_pass, params = _fit_pass_runner({"x": x}, layers)  # no decode-time augment of its own
+        elif name in PEERS:
+            fit_runner = functools.partial(_fit_pass_runner, layers=layers)
+            peer = build_peer(name, root, input_size, batch_size, cores, augment, fit_runner, options)
+            run_pass, params = peer.run_pass, peer.params
+            if augment != "rrc":  # drawn crops match no fixed decode
+                match = spec_match(peer.sample, peer.sample_paths, spec)
+                extra["psnr_db"], params = match["psnr_db"], params | {"output": match["output"]}
         else:
             run_pass, params, costs, loader = _loader_pass(
                 name, overrides, conf_dir, split, decoder, batch_size, layers
@@ -112,6 +116,8 @@ def measure_entry(
             extra["ratio_to_stored_limit"] = mean_rate(rates) / extra["stored_limit_images_per_sec"]
     finally:
         peak = sampler.stop()
+        if peer is not None:
+            peer.close()
     if name == DECODE_LIMIT:  # one thread's rate; the limit is that rate on every core
         extra["one_core_images_per_sec"] = mean_rate(rates)
         rates = [r * cores for r in rates]
@@ -268,21 +274,6 @@ def _sampling_interval(sampler: Any, floor_s: float = 0.05, max_share: float = 0
         sampler.sample()
         costs.append(time.perf_counter() - start)
     return max(floor_s, sorted(costs)[1] / max_share)
-
-
-def _keras_from_directory(root: str, input_size: int, batch_size: int) -> Any:
-    """The peer: keras.utils.image_dataset_from_directory at the same sizes."""
-    import keras
-    import tensorflow as tf
-
-    return keras.utils.image_dataset_from_directory(
-        root,
-        labels="inferred",
-        batch_size=batch_size,
-        image_size=(input_size, input_size),
-        shuffle=False,
-        verbose=False,
-    ).prefetch(tf.data.AUTOTUNE)
 
 
 def _loader_pass(

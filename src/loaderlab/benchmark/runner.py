@@ -16,16 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import median
 
-from loaderlab.benchmark._child import RESULT_PREFIX
+from loaderlab.benchmark._child import RESULT_PREFIX, SKIP_PREFIX
 from loaderlab.benchmark.dataset import Dataset, prepare_dataset
-from loaderlab.benchmark.entries import (
-    CONF_DIR,
-    DECODE_LIMIT,
-    KERAS_FROM_DIRECTORY,
-    check_entries,
-    default_entries,
-)
+from loaderlab.benchmark.entries import CONF_DIR, DECODE_LIMIT, check_entries, default_entries, split_entry
 from loaderlab.benchmark.measure import EntryResult, mean_rate
+from loaderlab.benchmark.peers import PEERS
 from loaderlab.utils.paths import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, OUTPUTS
 from loaderlab.utils.system import usable_cores
 
@@ -34,6 +29,10 @@ EXPERIMENT = "loaderlab-benchmark"
 
 class EntryFailedError(RuntimeError):
     """An entry's child process failed; the message holds the tail of its output."""
+
+
+class EntrySkippedError(RuntimeError):
+    """A peer cannot run here (a library missing or too old); the message says how to get it."""
 
 
 @dataclass
@@ -66,6 +65,7 @@ class BenchmarkReport:
     dataset: Dataset
     results: list[EntryResult]  # table order; failed entries are left out
     failures: dict[str, str]  # entry -> error
+    skipped: dict[str, str]  # entry -> why it cannot run here
     limit: float  # images/s
     table: str
     out: Path  # the results JSON
@@ -76,8 +76,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
     from loaderlab.tracking import connect, git_commit
 
     entries = cfg.entries or default_entries(cfg.conf_dir)
-    if not cfg.entries and cfg.root and "://" in cfg.root:  # Keras reads local folders only
-        entries = [e for e in entries if e != KERAS_FROM_DIRECTORY]
+    if not cfg.entries and cfg.root and "://" in cfg.root:  # the peers read local folders only
+        entries = [e for e in entries if split_entry(e)[0] not in PEERS]
     entries = check_entries(entries, cfg.conf_dir)
     cores = cfg.cores or usable_cores()
     experiment_id = connect(cfg.tracking_uri, EXPERIMENT, cfg.artifact_location)  # a bad URI fails first
@@ -94,7 +94,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
         "channels": 3,
         "dataset": str(dataset.root),
     }
-    rounds, failures = _measure_rounds(entries, cfg, dataset.root, cores, f"benchmark {benchmark_id}")
+    rounds, failures, skipped = _measure_rounds(
+        entries, cfg, dataset.root, cores, f"benchmark {benchmark_id}"
+    )
     measured = {e: summarize(e, rounds) for e in entries if any(e in r for r in rounds)}
     limit = measured[DECODE_LIMIT].images_per_sec
     results = [measured[e] for e in entries if e in measured]
@@ -123,9 +125,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
     rows = [asdict(r) | {"ratio_to_limit": r.extra_metrics["ratio_to_limit"]} for r in results]
     summary = {"benchmark_id": benchmark_id, "tracking_uri": cfg.tracking_uri, "params": params}
     out.write_text(
-        json.dumps(summary | {"decode_limit": limit, "results": rows, "failed": failures}, indent=2)
+        json.dumps(
+            summary | {"decode_limit": limit, "results": rows, "failed": failures, "skipped": skipped},
+            indent=2,
+        )
     )
-    return BenchmarkReport(benchmark_id, dataset, results, failures, limit, format_table(results, cores), out)
+    table = format_table(results, cores, skipped)
+    return BenchmarkReport(benchmark_id, dataset, results, failures, skipped, limit, table, out)
 
 
 def run_child(entry: str, cfg: BenchmarkConfig, root: Path, cores: int) -> EntryResult:
@@ -138,6 +144,11 @@ def run_child(entry: str, cfg: BenchmarkConfig, root: Path, cores: int) -> Entry
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=cfg.child_timeout_s)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    skips = [
+        line.removeprefix(SKIP_PREFIX) for line in proc.stdout.splitlines() if line.startswith(SKIP_PREFIX)
+    ]
+    if proc.returncode == 0 and skips:
+        raise EntrySkippedError(skips[-1])
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         raise EntryFailedError(f"entry '{entry}' failed (exit {proc.returncode}):\n" + "\n".join(tail))
@@ -199,9 +210,10 @@ def summarize(entry: str, rounds: list[dict[str, EntryResult]]) -> EntryResult:
     )
 
 
-def format_table(results: Iterable[EntryResult], cores: int) -> str:
+def format_table(results: Iterable[EntryResult], cores: int, skipped: dict[str, str] | None = None) -> str:
     """The table: entry, median images/s, median ratio to the limit and its range, memory, and the
-    cores the entry kept busy (CPU seconds per second: below the cores, part of the time went idle)."""
+    cores the entry kept busy (CPU seconds per second: below the cores, part of the time went idle);
+    then each peer's output against the spec, and the entries skipped with their reason."""
     results = list(results)
     width = max([36, *(len(r.entry) for r in results)])
     head = (
@@ -238,12 +250,27 @@ def format_table(results: Iterable[EntryResult], cores: int) -> str:
                 f"({1000 * m['pack_time_s'] / r.images_per_pass:.1f} s per 1,000 images; 0: an existing "
                 "pack reused), not counted in its rate"
             )
+        if "psnr_db" in m:
+            notes.append(
+                f"{r.entry}: yields {r.params.get('output', '?')}, {m['psnr_db']:.1f} dB PSNR to the spec's "
+                f"pixels ({_psnr_reading(m['psnr_db'])}); timed by {r.params.get('batch_path', '?')}"
+            )
+    notes += [f"{entry}: skipped, {why}" for entry, why in (skipped or {}).items()]
     return "\n".join(rows + notes)
+
+
+def _psnr_reading(psnr_db: float) -> str:
+    """What a PSNR to the spec's decode says: the same pixels, a rounding apart, or another resize."""
+    if psnr_db == float("inf"):
+        return "the same pixels"
+    if psnr_db != psnr_db:  # NaN: another shape
+        return "another shape"
+    return "the spec within rounding" if psnr_db >= 40 else "resized otherwise than the spec"
 
 
 def _measure_rounds(
     entries: list[str], cfg: BenchmarkConfig, root: Path, cores: int, label: str
-) -> tuple[list[dict[str, EntryResult]], dict[str, str]]:
+) -> tuple[list[dict[str, EntryResult]], dict[str, str], dict[str, str]]:
     """`cfg.rounds` rounds of every entry, each in a fresh process, one at a time (concurrent entries
     would share the cores). The limit opens each round and closes the last; a round's limit is the
     mean of the two around it, so a machine that speeds up or slows down (other jobs, thermal
@@ -251,16 +278,23 @@ def _measure_rounds(
     limits: list[EntryResult] = []
     rounds: list[dict[str, EntryResult]] = []
     failures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     others = [e for e in entries if e != DECODE_LIMIT]
     for number in range(cfg.rounds + 1):
         last = number == cfg.rounds
         for entry in [DECODE_LIMIT] if last else [DECODE_LIMIT, *others]:
+            if entry in skipped:
+                continue
             if cfg.progress:
                 print(
                     f"[{label}, round {min(number, cfg.rounds - 1) + 1}/{cfg.rounds}] {entry} ...", flush=True
                 )
             try:
                 result = run_child(entry, cfg, root, cores)
+            except EntrySkippedError as e:
+                print(f"  skipped: {e}", flush=True)
+                skipped[entry] = str(e)
+                continue
             except (EntryFailedError, subprocess.TimeoutExpired) as e:
                 if entry == DECODE_LIMIT:
                     raise  # without the limit no ratio means anything
@@ -280,7 +314,7 @@ def _measure_rounds(
             else:
                 rounds[-1][entry] = result
     failures = {e: error for e, error in failures.items() if not any(e in r for r in rounds)}
-    return rounds, failures
+    return rounds, failures, skipped
 
 
 def _log_run(

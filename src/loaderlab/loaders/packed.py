@@ -49,7 +49,7 @@ class PackedLoader(Loader):
         num_parallel_calls: int | None = None,
         prefetch: int = 2,
         root: str | None = None,
-        progress: bool = True,
+        progress: bool | int | str = True,
         autotune: bool = False,
         cache_gb: float = 20.0,
     ):
@@ -78,7 +78,7 @@ class PackedLoader(Loader):
         self.prefetch = prefetch
         self.root = str(root) if root else str(OUTPUTS / "packed")
         self.cache_gb = cache_gb
-        self.progress = progress
+        self.progress = progress not in (0, False)  # ${trainer.verbose} in packed.yaml: 0 hides it
         self.autotune = autotune
 
     def pack(self, split: Split, decoder: ImageDecoder, training: bool) -> Pack:

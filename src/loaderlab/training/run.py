@@ -256,7 +256,10 @@ def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: Imag
 def _read_manifest(cfg: DictConfig) -> tuple[Manifest, dict[str, str]]:
     """The dataset's manifest after the bad-file pass, and what that pass left out."""
     manifest, bad = drop_bad_images(
-        instantiate(cfg.data.manifest), cfg.data.on_bad_image, Path(cfg.paths.outputs) / "verdicts"
+        instantiate(cfg.data.manifest),
+        cfg.data.on_bad_image,
+        Path(cfg.paths.outputs) / "verdicts",
+        progress=cfg.trainer.verbose != 0,
     )
     from loaderlab.training.recipe import debug_subset
 

@@ -7,9 +7,8 @@ bad-file pass, a store's listing, delivering a journal and generating the synthe
 Where no total is known (a store's listing) it shows the count and the rate: `12000 objects - 3400.5
 objects/s - 3.5s`. It is shown only to someone watching:
 
-- never where the caller passes progress=False (its own verbosity: loader.progress=false, deliver.py
-  --quiet), nor in a Hydra job whose trainer.verbose is 0, read from the config Hydra saved for the job
-  (the steps that show progress are not handed trainer.verbose);
+- never where the caller passes progress=False (a training job under trainer.verbose=0,
+  loader.progress=false, deliver.py --quiet);
 - where stderr is a terminal: one line, redrawn in place;
 - where stderr is not a terminal (a CI log, a file, pytest's capture): only when the environment sets
   LOADERLAB_PROGRESS=1, then as a line every LINE_EVERY_S seconds and one at the end.
@@ -18,14 +17,12 @@ objects/s - 3.5s`. It is shown only to someone watching:
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TextIO, TypeVar
 
 ENV = "LOADERLAB_PROGRESS"  # "1": shown where stderr is not a terminal; "0": never shown
@@ -37,7 +34,7 @@ T = TypeVar("T")
 
 def shown(progress: bool = True, stream: TextIO | None = None) -> bool:
     """Whether progress on `stream` (stderr) is shown, by the rules of the module's docstring."""
-    if not progress or _job_verbose_is_zero():
+    if not progress:
         return False
     forced = os.environ.get(ENV, "").strip()
     if forced in ("0", "1"):
@@ -164,34 +161,3 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _job_verbose_is_zero() -> bool:
-    """True in a Hydra job run with trainer.verbose=0."""
-    if "hydra" not in sys.modules:  # no Hydra job in this process
-        return False
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        if not HydraConfig.initialized():
-            return False
-        hydra = HydraConfig.get()
-        folder, subdir = hydra.runtime.get("output_dir"), hydra.get("output_subdir")
-    except Exception:  # noqa: BLE001  a Hydra config of another shape: no job of ours
-        return False
-    return bool(folder and subdir) and _verbose_is_zero(str(Path(folder) / subdir / "config.yaml"))
-
-
-@functools.lru_cache(maxsize=8)
-def _verbose_is_zero(config_file: str) -> bool:
-    """trainer.verbose is 0 in the config Hydra saved for a job (before its task ran, so it is there)."""
-    import yaml
-
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
-        return False
-    trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
-    verbose = trainer.get("verbose") if isinstance(trainer, dict) else None
-    return verbose is not None and str(verbose).lower() in ("0", "false")
