@@ -128,8 +128,8 @@ def one_pass(feed):
         for i in range(len(feed.x)):
             yield feed.x[i]
     else:
-        for images, labels in feed.x:
-            yield images.numpy(), labels.numpy()
+        for images, labels in feed.x:  # tensors (tf.data) or arrays (Grain)
+            yield np.asarray(images), np.asarray(labels)
 
 
 def collect(feed) -> tuple[np.ndarray, np.ndarray]:

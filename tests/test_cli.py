@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,29 @@ def test_sweep_isolates_jobs_under_one_parent_and_survives_a_failure(tmp_path: P
         "generator-small_cnn batch.train=0",
         "generator-small_cnn batch.train=16",
     }
+
+
+@pytest.mark.parametrize("script", ["train", "eval"])
+def test_a_config_error_prints_one_message_exits_2_and_opens_no_run(tmp_path: Path, script: str) -> None:
+    """`python src/train.py data=folder` (no data.root) and `python src/eval.py` (no run named): the
+    message alone, no traceback, exit code 2, and no MLflow run; HYDRA_FULL_ERROR=1 shows everything."""
+    from loaderlab import PROJECT_ROOT
+
+    command = [
+        sys.executable, str(PROJECT_ROOT / "src" / f"{script}.py"), f"paths.outputs={tmp_path}",
+        *(["data=folder"] if script == "train" else []),
+    ]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    expected = "data.root must be set" if script == "train" else "Name the run to evaluate"
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Received:" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    store = tmp_path / "mlflow.db"
+    if store.exists():
+        client = MlflowClient(f"sqlite:///{store}")
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+    env["HYDRA_FULL_ERROR"] = "1"
+    full = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert full.returncode != 0 and "Traceback" in full.stderr and expected in full.stderr

@@ -188,6 +188,5 @@ def test_a_second_job_into_the_same_folder_does_not_continue_the_first(make_cfg,
     train(cfg)
     with pytest.raises(ConfigError, match="trainer.resume="):
         train(cfg)
-    first, second = runs(tracking_uri, "same-folder")
-    assert first.info.status == "FINISHED" and second.info.status == "FAILED"
-    assert "earlier job's training state" in second.data.tags["error"]
+    [first] = runs(tracking_uri, "same-folder")  # a config error opens no run
+    assert first.info.status == "FINISHED"

@@ -84,11 +84,18 @@ def test_a_failing_job_ends_failed_with_its_error(make_cfg, tracking_uri: str, t
     assert "error.txt" in [a.path for a in MlflowClient(tracking_uri).list_artifacts(run.info.run_id)]
 
 
-def test_config_error_is_recorded_on_the_run(make_cfg, tracking_uri: str) -> None:
-    with pytest.raises(ValueError, match="batch.train must be a positive integer"):
-        train(make_cfg("batch.train=0", experiment="tests-failures"))
-    run = latest_run(tracking_uri, "tests-failures")
-    assert run.info.status == "FAILED" and "batch.train" in run.data.tags["error"]
+def test_a_config_error_stops_the_job_before_its_run_opens(make_cfg, tracking_uri: str) -> None:
+    from loaderlab.utils.errors import ConfigError
+
+    experiment = "tests-config-errors"
+    with pytest.raises(ConfigError, match="batch.train must be a positive integer"):
+        train(make_cfg("batch.train=0", experiment=experiment))
+    missing = r"data.root must be set: add data.root=.*Received: data.root=\?\?\?"
+    with pytest.raises(ConfigError, match=missing):
+        train(make_cfg("data=folder", experiment=experiment))
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is None or not client.search_runs([found.experiment_id])  # no FAILED run for a config error
 
 
 def test_ctrl_c_ends_the_run_killed(make_cfg, tracking_uri: str, monkeypatch) -> None:

@@ -18,6 +18,30 @@ from loaderlab.loaders.headers import TAIL_BYTES, image_verdict
 from loaderlab.utils.errors import ConfigError
 
 
+def check_required(cfg: DictConfig) -> None:
+    """Every required value (`???`) is set; else one ConfigError naming each, e.g. data=folder's root."""
+    from omegaconf import OmegaConf
+
+    # Unresolved: OmegaConf.missing_keys resolves interpolations, and fails on one that reaches a `???`.
+    missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        examples = {"data.root": "/path/to/class_folders", "data.csv": "/path/to/table.csv"}
+        sets = " ".join(f"{key}={examples.get(key, '<value>')}" for key in missing)
+        raise ConfigError(
+            f"{', '.join(missing)} must be set: add {sets} to the command. "
+            f"Received: {', '.join(f'{key}=???' for key in missing)}"
+        )
+
+
+def _missing_keys(node: object, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is `???` in an unresolved container."""
+    if isinstance(node, dict):
+        return [key for k, v in node.items() for key in _missing_keys(v, f"{prefix}{k}.")]
+    if isinstance(node, list):
+        return [key for i, v in enumerate(node) for key in _missing_keys(v, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if node == "???" else []
+
+
 def check_config(cfg: DictConfig) -> ImageSpec:
     """Check the values training relies on; return the image spec they define."""
     for key in ("batch.train", "batch.val", "trainer.epochs"):
@@ -75,6 +99,7 @@ def _check_augment(cfg: DictConfig) -> None:
     refusals = {
         "InMemoryLoader": "loader=inmemory decodes every image once, before training",
         "TFDataServiceLoader": "loader=tfdata_service's workers serve epochs that the job cannot number",
+        "KerasLoader": "loader=keras (Keras' image_dataset_from_directory) draws nothing at the decode",
     }
     for name, why in refusals.items():
         if target.endswith(name):

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -62,7 +61,7 @@ def _evaluate(cfg: DictConfig) -> float:
         tracking.release_artifact_threads()
         spec = ImageSpec(**facts["spec"])
         _check_compatible(cfg, run_id, spec, facts["class_names"])
-        manifest, bad = drop_bad_images(instantiate(cfg.data.manifest), cfg.data.on_bad_image)
+        manifest, bad = drop_bad_images(build(cfg.data.manifest), cfg.data.on_bad_image)
         if tuple(manifest.class_names) != tuple(facts["class_names"]):
             raise ConfigError(
                 f"Run {run_id} was trained on the classes {facts['class_names']}; this dataset has "
@@ -136,7 +135,10 @@ def _source_run_id(cfg: DictConfig) -> str:
         if id_file.exists():
             return id_file.read_text().strip()
         raise ConfigError(f"{cfg.eval.run_folder} holds no {RUN_ID_FILE}: give a training run's folder.")
-    raise ConfigError("Name the run to evaluate: eval.run_id=<run id> or eval.run_folder=<its run folder>.")
+    raise ConfigError(
+        "Name the run to evaluate: eval.run_id=<run id> or eval.run_folder=<its run folder> (python "
+        "src/compare.py --last 5 lists recent runs). Received: eval.run_id=None, eval.run_folder=None"
+    )
 
 
 def _check_compatible(cfg: DictConfig, run_id: str, spec: ImageSpec, class_names: list[str]) -> None:

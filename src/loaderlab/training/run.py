@@ -28,13 +28,14 @@ from loaderlab.training.lifecycle import no_child_left, stop_signals_as_interrup
 from loaderlab.training.monitors import Monitors
 from loaderlab.utils.errors import build
 from loaderlab.utils.system import MB
-from loaderlab.validate import augment_of, check_config, drop_bad_images
+from loaderlab.validate import augment_of, check_config, check_required, drop_bad_images
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float:
     """Train one job and return its best val_loss; the MLflow run always ends with a status."""
+    check_required(cfg)  # a `???` left: its setting named, before anything reads the config
     state_dir = state_folder(cfg)
     state_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = state_dir / RUN_ID_FILE
@@ -56,6 +57,9 @@ def train(cfg: DictConfig) -> float:
         "process_isolated": str(isolated).lower(),
     }
     parent = sweep.parent_run_id if sweep and worker.is_chief and resumed_run_id is None else None
+    # A single job's config error stops it before its MLflow run opens: no FAILED run for a missing
+    # value. A sweep's job checks inside its run, so that the sweep's parent names the job that failed.
+    checked = None if sweep else _checked(cfg, state_dir, resumed_run_id)
     run_id = None
     try:
         with (
@@ -78,12 +82,8 @@ def train(cfg: DictConfig) -> float:
             else:
                 run_log.tags(tags)
             try:
-                # Inside the run, so that a bad value in a sweep shows as a FAILED job with its message.
-                spec = check_config(cfg)
-                if resumed_run_id is None:
-                    check_fresh_folder(state_dir)
+                spec, loader = checked or _checked(cfg, state_dir, resumed_run_id)
                 run_id_file.write_text(run_log.run_id)  # only a run that got past the checks is resumable
-                loader = build(cfg.loader)  # a bad knob: its own message, as a ConfigError
                 name = job_run_name(f"{loader.name}-{cfg.model.name}", overrides, sweep)
                 run_log.tags({"loader": loader.name, "mlflow.runName": name})
                 return _train_logged(cfg, spec, loader, strategy, worker, state_dir, run_log, sweep)
@@ -94,6 +94,14 @@ def train(cfg: DictConfig) -> float:
     finally:
         if run_id is not None and worker.is_chief:  # in every ending: where to look at what happened
             log.info(tracking.run_links(uri, experiment_id, run_id, cfg.paths.output_dir))
+
+
+def _checked(cfg: DictConfig, state_dir: Path, resumed_run_id: str | None) -> tuple[ImageSpec, Loader]:
+    """The config's checks: its image spec, and the loader built (a bad knob: a ConfigError)."""
+    spec = check_config(cfg)
+    if resumed_run_id is None:
+        check_fresh_folder(state_dir)
+    return spec, build(cfg.loader)
 
 
 @dataclass
@@ -256,7 +264,7 @@ def _fit_multiworker(job: Job, loader: Loader, manifest: Manifest, decoder: Imag
 def _read_manifest(cfg: DictConfig) -> tuple[Manifest, dict[str, str]]:
     """The dataset's manifest after the bad-file pass, and what that pass left out."""
     manifest, bad = drop_bad_images(
-        instantiate(cfg.data.manifest),
+        build(cfg.data.manifest),
         cfg.data.on_bad_image,
         Path(cfg.paths.outputs) / "verdicts",
         progress=cfg.trainer.verbose != 0,
