@@ -30,6 +30,7 @@ from loaderlab.benchmark import (
 )
 from loaderlab.benchmark.entries import check_entries
 from loaderlab.benchmark.measure import KERAS_PATH, measure_entry
+from loaderlab.benchmark.peers import PEERS
 from loaderlab.benchmark.runner import summarize
 from loaderlab.data.manifest import DatasetError
 from loaderlab.utils.paths import OUTPUTS
@@ -82,8 +83,12 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
     before = tree(tiny_root)
     # packed writes its pack under tmp_path, not the project's outputs/packed/.
     packed = f"packed loader.root={tmp_path / 'packed'}"
+    keras_links = f"keras loader.links_root={tmp_path / 'links'}"
     crops, layers = "tfdata augment=rrc", "tfdata augment=layers"
-    entries = [packed if e == "packed" else e for e in default_entries()] + [AUTOTUNE_ON, crops, layers]
+    ours = {"packed": packed, "keras": keras_links}
+    # The peers but the Keras one: tests/test_peers.py.
+    entries = [ours.get(e, e) for e in default_entries() if e == KERAS_FROM_DIRECTORY or e not in PEERS]
+    entries += [AUTOTUNE_ON, crops, layers]
     report = run_benchmark(config(tmp_path, tracking_uri, tiny_root, entries=entries))
     benchmark_id, results, table = report.benchmark_id, report.results, report.table
     assert tree(tiny_root) == before  # the dataset was only read

@@ -54,13 +54,16 @@ def _draws(decoder: Any, count: int) -> list:
 
 
 def _decode_part(sources: Sequence, draws: Sequence, decoder: Any) -> None:
-    from loaderlab.loaders.decode import decode_bytes, decode_resize
+    from loaderlab.loaders.decode import BadImageError, decode_bytes, decode_resize
 
     for source, u in zip(sources, draws, strict=True):
-        if isinstance(source, str):
-            decode_resize(source, decoder.spec, augment=decoder.augment, u=u)
-        else:
-            decode_bytes(source, decoder.spec, augment=decoder.augment, u=u)
+        try:
+            if isinstance(source, str):
+                decode_resize(source, decoder.spec, augment=decoder.augment, u=u)
+            else:
+                decode_bytes(source, decoder.spec, augment=decoder.augment, u=u)
+        except BadImageError:
+            pass  # a user's bad file costs the limit what trying it costs, and stops nothing
 
 
 def decode_limit_pass(sources: list, decoder: Any) -> Callable[[], int]:

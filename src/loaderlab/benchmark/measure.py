@@ -82,7 +82,9 @@ def measure_entry(
     split = make_split(paths, labels)
     spec = ImageSpec(input_size, input_size, 3)
     # The decoder also tunes the allocator as the loaders run it: every entry shares it.
-    decoder = ImageDecoder(spec, augment=Augment(augment if augment != "layers" else "none", seed=SEED))
+    # on_bad_image=skip: a bad file in a user's folder is left out by the loaders, not fatal to the run.
+    draw = Augment(augment if augment != "layers" else "none", seed=SEED)
+    decoder = ImageDecoder(spec, on_bad_image="skip", augment=draw)
     sampler = MemorySampler()
     baseline = sampler.sample()
     sampler.interval_s = _sampling_interval(sampler)
@@ -142,7 +144,7 @@ class Passes(NamedTuple):
 
     rates: list[float]
     images: int
-    cores_busy: float  # the process's CPU seconds per second of the passes (its sampler's share included)
+    cores_busy: float  # CPU seconds per second of the passes, its worker processes' and sampler's included
 
 
 def _timed_passes(
@@ -155,7 +157,7 @@ def _timed_passes(
     """
     images = run_pass()  # warm-up: tracing, thread pools and the page cache are not the loader's cost
     rates = []
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
     for _ in range(passes):
         start = time.perf_counter()
         counted = run_pass()
@@ -168,10 +170,24 @@ def _timed_passes(
                 f"{counted} images, the warm-up {images}"
             )
         rates.append(counted / elapsed)
-    cores_busy = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
+    cores_busy = (_cpu_seconds() - cpu_start) / (time.perf_counter() - wall_start)
     if after_passes:
         after_passes()
     return Passes(rates, images, cores_busy)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its live children (Grain's or a PyDataset's worker processes)."""
+    import psutil
+
+    total = time.process_time()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # ended meanwhile
+            pass
+    return total
 
 
 def _augment_layers(conf_dir: Path, knobs: list[str]) -> Any:

@@ -197,7 +197,7 @@ def _grain(
     cores: int,
     fit_runner: Callable,
     workers: int | None = None,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> PeerPipeline:
     """Grain's MapDataset, batched and repeated, read by `cores` worker processes (mp_prefetch); one
     iterator, handed to model.fit with steps per epoch, so that the workers start once."""
@@ -209,6 +209,7 @@ def _grain(
     items = list(zip(paths, (int(v) for v in labels), strict=True))
     steps = math.ceil(len(items) / batch_size)
     workers = cores if workers is None else workers
+    threads = threads or (cores if workers == 0 else 1)  # in-process: a thread per core
     dataset = (
         grain.MapDataset.source(items)
         .map(functools.partial(_grain_load, size=input_size))
