@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float:
 
     start_tensorflow()  # without TensorFlow's C++ banner (LOADERLAB_TF_STARTUP_LOG=1 shows it)
     from loaderlab.training.eval_run import evaluate_run
-    from loaderlab.utils.errors import exit_on_user_error
+    from loaderlab.utils.cli import exit_on_user_error
 
     return exit_on_user_error(lambda: evaluate_run(cfg))  # a config or data error: its message, exit code 2
 

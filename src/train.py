@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float:
 
     start_tensorflow()  # without TensorFlow's C++ banner (LOADERLAB_TF_STARTUP_LOG=1 shows it)
     from loaderlab.training.run import train
-    from loaderlab.utils.errors import exit_on_user_error
+    from loaderlab.utils.cli import exit_on_user_error
 
     return exit_on_user_error(lambda: train(cfg))  # a config or data error: its message, exit code 2
 

@@ -70,6 +70,8 @@ def refusal(case: dict[str, str]) -> tuple[set, str] | None:
     if case["on_bad_image"] == "error":
         pairs = {pair for pair in all_pairs(case) if ("on_bad_image", "error") in pair}
         return pairs, rf"Bad image '[^']*{BAD_FILE}'.*data.on_bad_image=skip"
+    if case["loader"] == "keras" and case["resize"] == "pad":  # format=tf pads otherwise than the spec
+        return {(("loader", "keras"), ("resize", "pad"))}, "loader.format=grain"
     return None
 
 
@@ -110,7 +112,7 @@ def pairwise(dimensions: dict[str, list[str]], seed: int = 0, tries: int = 60) -
     return cases
 
 
-CASES = pairwise(DIMENSIONS, seed=7, tries=200)  # seed and tries: the fewest, cheapest cases found (39)
+CASES = pairwise(DIMENSIONS, seed=8, tries=200)  # seed and tries: the fewest, cheapest cases found (39)
 RESULTS: dict[int, dict] = {}  # case index -> what a served case left for the final checks
 OUTCOMES: dict[int, str] = {}  # case index -> "passed in 5.2 s" (conftest prints the table at the end)
 

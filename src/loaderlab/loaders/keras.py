@@ -42,7 +42,7 @@ class KerasLoader(Loader):
         import keras
 
         spec = decoder.spec
-        _check_supported(split, decoder, training)
+        _check_supported(split, decoder, training, self.format)
         kwargs = {"format": self.format} if self.format != "tf" else {}  # Keras < 3.10 has no format=
         dataset = keras.utils.image_dataset_from_directory(
             str(self._links(split)),
@@ -86,8 +86,8 @@ class KerasLoader(Loader):
         return folder
 
 
-def _check_supported(split: Split, decoder: ImageDecoder, training: bool) -> None:
-    """Refuse what Keras' loader cannot do, naming the setting to change."""
+def _check_supported(split: Split, decoder: ImageDecoder, training: bool, fmt: str) -> None:
+    """Refuse what Keras' loader cannot do as the spec does, naming the setting to change."""
     if training and decoder.augment.at_decode:
         raise ValueError(
             "loader=keras draws nothing at the decode: set augment=layers (in the model) or choose "
@@ -102,6 +102,14 @@ def _check_supported(split: Split, decoder: ImageDecoder, training: bool) -> Non
         raise ValueError(
             "loader=keras reads local folders only: choose loader=tfdata for data in a bucket. "
             f"Received: {split.paths[0]}"
+        )
+
+    if fmt == "tf" and decoder.spec.resize == "pad":
+        # Keras' tf format pads with tf.image.resize_with_pad, its grain format (and the spec, which
+        # eval.py and the served model decode with) as keras.ops.image.resize: another band of pixels.
+        raise ValueError(
+            "loader=keras pads otherwise than the spec in format=tf: set loader.format=grain or "
+            "data.resize=crop|squash. Received: data.resize=pad, loader.format=tf"
         )
 
 
