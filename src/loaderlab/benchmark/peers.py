@@ -48,7 +48,7 @@ def unavailable(name: str) -> str | None:
         import keras
 
         if "format" not in inspect.signature(keras.utils.image_dataset_from_directory).parameters:
-            return f"Keras {keras.__version__} has no format= argument (Keras >= 3.10): pip install -U keras"
+            return f"Keras {keras.__version__} has no format= (3.15 has it): pip install -U keras"
     if name in (KERAS_GRAIN, GRAIN) and not _importable("grain"):
         return 'Grain is not installed: pip install -e ".[peers]"'
     if name == DALI_CPU and not _importable("nvidia.dali"):

@@ -43,7 +43,7 @@ class KerasLoader(Loader):
 
         spec = decoder.spec
         _check_supported(split, decoder, training, self.format)
-        kwargs = {"format": self.format} if self.format != "tf" else {}  # Keras < 3.10 has no format=
+        kwargs = {"format": self.format} if self.format != "tf" else {}  # older Keras has no format=
         dataset = keras.utils.image_dataset_from_directory(
             str(self._links(split)),
             labels=[int(v) for v in split.labels],  # in the links' order, which is the split's
