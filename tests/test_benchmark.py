@@ -83,11 +83,10 @@ def test_every_entry_runs_in_its_own_process_and_is_logged(
     before = tree(tiny_root)
     # packed writes its pack under tmp_path, not the project's outputs/packed/.
     packed = f"packed loader.root={tmp_path / 'packed'}"
-    keras_links = f"keras loader.links_root={tmp_path / 'links'}"
     crops, layers = "tfdata augment=rrc", "tfdata augment=layers"
-    ours = {"packed": packed, "keras": keras_links}
-    # The peers but the Keras one: tests/test_peers.py.
-    entries = [ours.get(e, e) for e in default_entries() if e == KERAS_FROM_DIRECTORY or e not in PEERS]
+    # The peers but the Keras one, and loader=keras: tests/test_peers.py.
+    others = {*PEERS, "keras"} - {KERAS_FROM_DIRECTORY}
+    entries = [packed if e == "packed" else e for e in default_entries() if e not in others]
     entries += [AUTOTUNE_ON, crops, layers]
     report = run_benchmark(config(tmp_path, tracking_uri, tiny_root, entries=entries))
     benchmark_id, results, table = report.benchmark_id, report.results, report.table

@@ -95,6 +95,7 @@ def test_a_config_error_prints_one_message_exits_2_and_opens_no_run(tmp_path: Pa
     if store.exists():
         client = MlflowClient(f"sqlite:///{store}")
         assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
-    env["HYDRA_FULL_ERROR"] = "1"
-    full = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert full.returncode != 0 and "Traceback" in full.stderr and expected in full.stderr
+    if script == "train":  # one script is enough to show the variable
+        env["HYDRA_FULL_ERROR"] = "1"
+        full = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert full.returncode != 0 and "Traceback" in full.stderr and expected in full.stderr

@@ -33,7 +33,7 @@ def test_help_lists_the_common_tasks_groups_and_config() -> None:
     page = result.stdout
     assert page.startswith("loaderlab: train image classifiers") and "Powered by Hydra" not in page
     assert [task for task in TASKS if task not in page] == []
-    assert "loader: generator, inmemory, packed, sequence, tfdata, tfdata_service" in page
+    assert "loader: generator, inmemory, keras, packed, sequence, tfdata, tfdata_service" in page
     assert "== Config ==" in page and "\ntracking:\n" in page  # the composed config, every key
     assert page.rstrip().endswith("docs/runs.md: runs, sweeps and compare.py).")
     # Every single-run train.py line on the page composes.

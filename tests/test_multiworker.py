@@ -199,7 +199,7 @@ def test_sequence_under_multiworker_stops_both_workers_with_the_loaders_that_wor
         codes = cluster.wait(timeout_s=300)
     finally:
         cluster.stop()
-    assert codes == [1, 1]
+    assert codes == [2, 2]  # a config error: its message alone, exit code 2
     assert all("loader=tfdata" in cluster.output(i) for i in range(2))
     _, run = chief_run(tmp_path)
     assert run.info.status == "FAILED" and "loader=sequence does not run" in run.data.tags["error"]
