@@ -136,3 +136,10 @@ def collect(feed) -> tuple[np.ndarray, np.ndarray]:
     """One pass over a Feed, its batches joined: (images, labels)."""
     batches = list(one_pass(feed))
     return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under root with its size and mtime: a folder only read keeps it."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+    }

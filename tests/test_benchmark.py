@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY as TINY_DATA
+from helpers import tree
 from loaderlab import PROJECT_ROOT
 from loaderlab.benchmark import (
     DECODE_LIMIT,
@@ -45,13 +46,6 @@ def load_cli():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file and folder under root with its size and mtime."""
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
-    }
 
 
 def runs_of(tracking_uri: str, benchmark_id: str) -> dict[str, object]:

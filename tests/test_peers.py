@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import collect, make_mixed_dataset
+from helpers import collect, make_mixed_dataset, tree
 from loaderlab.benchmark import DECODE_LIMIT, BenchmarkConfig, run_benchmark
 from loaderlab.benchmark.peers import DALI_CPU, GRAIN, KERAS_GRAIN, PEERS
 from loaderlab.data.folder import folder_manifest
@@ -26,10 +26,6 @@ def mixed(tmp_path_factory: pytest.TempPathFactory):
     """Baseline and progressive JPEGs, grey ones and PNGs, of several aspects."""
     root = make_mixed_dataset(tmp_path_factory.mktemp("mixed") / "ds")
     return root, folder_manifest(str(root), val_fraction=0.5)
-
-
-def tree(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
 @pytest.mark.parametrize("fmt", ["tf", "grain"])
