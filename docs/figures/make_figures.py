@@ -54,6 +54,16 @@ def _pyplot():
     return plt
 
 
+def _drawing(width: float, height: float):
+    """A blank canvas for a drawing, one unit per inch: (pyplot, figure, axes)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(width, height))
+    axes.set_xlim(0, width)
+    axes.set_ylim(0, height)
+    axes.axis("off")
+    return plt, figure, axes
+
+
 # --- the decision chart ------------------------------------------------------------------------------
 
 
@@ -61,11 +71,7 @@ def decision(out: Path) -> Path:
     """A flowchart: four questions, each answered by a loader (a drawing of docs/pick-a-loader.md)."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(11, 8.2))
-    axes.set_xlim(0, 11)
-    axes.set_ylim(0, 8.2)
-    axes.axis("off")
+    plt, figure, axes = _drawing(11, 8.2)
 
     def box(x, y, w, h, text, face, bold=False, size=10.5):
         axes.add_patch(
@@ -214,11 +220,7 @@ def pack(out: Path) -> Path:
     """A drawing of data/pack.py's writer and loaders/packed.py's reader, in their own terms."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(14, 7.0))
-    axes.set_xlim(0, 14)
-    axes.set_ylim(0, 7.0)
-    axes.axis("off")
+    plt, figure, axes = _drawing(14, 7.0)
 
     def box(x, y, w, h, title, body="", face="#eef3fb", size=8.4):
         axes.add_patch(
